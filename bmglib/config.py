@@ -1,0 +1,192 @@
+"""Typed configs per component, named profiles, strict overrides and the provenance stamp.
+
+    cfg = get_config("quick", {"data.n_images": 2000})
+    cfg.data.image_size            # 64
+
+An unknown key or a value of the wrong type is an error naming it (as nanoGPT's configurator).
+Profiles (see DESIGN.md): ``smoke`` — CI, every code path in seconds; ``quick`` — the embedded
+default on a 2-core CPU, meaningful numbers in about an hour; ``paper`` — a GPU at the seed paper's
+scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bmglib import __version__, paths
+
+
+@dataclass
+class DataConfig:
+    """The embedded (procedural) dataset and the splits."""
+
+    n_images: int = 6000  # train+val pool, Fitzpatrick17k-proportioned (``counts``)
+    image_size: int = 64  # pixels, square; the generator supports 32..512
+    counts: str = "fitzpatrick17k"  # cell counts of the pool: fitzpatrick17k | balanced
+    min_per_cell: int = 4  # floor per FST × lesion cell when scaling the real table down
+    test_per_cell: int = 40  # balanced test set: images per FST × lesion cell (real images only)
+    val_fraction: float = 0.15  # of the pool, stratified by cell
+    unknown_fst: str = "drop"  # policy for FST -1 rows: drop | keep
+    workers: int = 2  # processes for generation
+    seed: int = 0
+
+
+@dataclass
+class ProbeConfig:
+    """The bias probe: a small CNN melanoma classifier trained on the natural mix."""
+
+    image_size: int = 32
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 2e-3
+    width: int = 32  # channels of the first conv block
+    n_boot: int = 2000  # bootstrap resamples for CIs
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    profile: str = "quick"
+    data: DataConfig = field(default_factory=DataConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "data.n_images": 400,
+        "data.image_size": 32,
+        "data.min_per_cell": 3,
+        "data.test_per_cell": 5,
+        "probe.epochs": 1,
+        "probe.n_boot": 200,
+    },
+    "quick": {},
+    "paper": {
+        "data.image_size": 512,
+        "data.n_images": 16000,
+        "data.test_per_cell": 100,
+        "data.workers": 8,
+        "probe.image_size": 128,
+        "probe.epochs": 30,
+        "probe.width": 64,
+    },
+}
+
+
+class ConfigError(KeyError):
+    """An override names an unknown key or gives a value of the wrong type."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+def _check_type(key: str, value: Any, current: Any) -> Any:
+    expected = type(current)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+        raise ConfigError(
+            f"config key {key!r} expects {expected.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any] | None) -> Config:
+    """Return a copy of ``cfg`` with dotted-key overrides applied strictly."""
+    cfg = dataclasses.replace(
+        cfg, **{f.name: dataclasses.replace(getattr(cfg, f.name)) for f in _sections(cfg)}
+    )
+    for key, value in (overrides or {}).items():
+        section, _, name = key.partition(".")
+        sec = getattr(cfg, section, None)
+        if not name or not dataclasses.is_dataclass(sec):
+            sections = [f.name for f in _sections(cfg)]
+            raise ConfigError(f"unknown config key {key!r}: use '<section>.<name>' with section in {sections}")
+        names = [f.name for f in dataclasses.fields(sec)]
+        if name not in names:
+            raise ConfigError(f"unknown config key {key!r}; {section} has {names}")
+        setattr(sec, name, _check_type(key, value, getattr(sec, name)))
+    return cfg
+
+
+def _sections(cfg: Config):
+    return [f for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]
+
+
+def get_config(profile: str = "quick", overrides: dict[str, Any] | None = None) -> Config:
+    """The resolved config of a profile plus strict overrides."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
+    cfg = apply_overrides(Config(profile=profile), PROFILES[profile])
+    return apply_overrides(cfg, overrides)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+# --- provenance -------------------------------------------------------------------------------
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit, with ``-dirty`` when tracked files are modified."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=paths.REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=paths.REPO_ROOT, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def hash_table(df: pd.DataFrame, columns=("md5hash", "fitzpatrick_scale", "label")) -> str:
+    """A short sha256 of a metadata table's identity (rows sorted, chosen columns)."""
+    cols = [c for c in columns if c in df.columns]
+    rows = df[cols].astype(str).sort_values(cols).to_csv(index=False)
+    return hashlib.sha256(rows.encode()).hexdigest()[:16]
+
+
+def cache_key(**inputs: Any) -> str:
+    """A short key made of all the inputs of an expensive step (JSON-serialisable values)."""
+    blob = json.dumps(inputs, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def provenance(cfg: Config | None = None, dataset_hash: str | None = None, seed: int | None = None,
+               **extra: Any) -> dict[str, Any]:
+    """The stamp every artifact stores: resolved config, git commit, dataset hash and seed."""
+    import torch  # local: keep `bmglib.config` importable without torch for tooling
+
+    stamp = {
+        "config": to_dict(cfg) if cfg is not None else None,
+        "git_commit": git_commit(),
+        "dataset_hash": dataset_hash,
+        "seed": seed,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "bmglib_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+    }
+    stamp.update(extra)
+    return stamp
+
+
+def write_provenance(path: Path, stamp: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stamp, indent=2, default=str))
+    return path

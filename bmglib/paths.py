@@ -1,0 +1,56 @@
+"""Every path the project uses, anchored at the repository root.
+
+nbval runs notebooks with ``notebooks/`` as the working directory and papermill runs them in the
+caller's, so nothing may be cwd-relative. One environment variable moves the data root:
+``BMG_DATA_ROOT`` (for users who keep Fitzpatrick17k on a large disk).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO_ROOT / "notebooks"
+FIGURES = REPO_ROOT / "figures"
+BUILD = REPO_ROOT / "build"  # executed notebooks (ignored)
+BENCHMARKS = REPO_ROOT / "benchmarks"
+# The read-only real data shipped beside the checkout (../shared/data/real); may be absent.
+SHARED_REAL = Path(os.environ.get("BMG_SHARED_REAL", REPO_ROOT.parent / "shared" / "data" / "real"))
+
+
+def data_root() -> Path:
+    """Root of all data the project writes or downloads (``BMG_DATA_ROOT`` or ``<repo>/data``)."""
+    return Path(os.environ.get("BMG_DATA_ROOT", REPO_ROOT / "data")).resolve()
+
+
+def raw_dir(source: str) -> Path:
+    """Immutable downloaded/raw data of one source, e.g. ``data/raw/fitzpatrick17k``."""
+    return data_root() / "raw" / source
+
+
+def synthetic_dir(profile: str, seed: int) -> Path:
+    """The procedurally generated dataset for one profile and seed."""
+    return data_root() / "synthetic" / f"{profile}_seed{seed}"
+
+
+def processed_dir(profile: str, dataset: str) -> Path:
+    """Per-profile, per-dataset outputs of 01_data_audit (cell table, splits) read by later notebooks."""
+    return data_root() / "processed" / profile / dataset
+
+
+def cache_dir() -> Path:
+    """Keyed caches of expensive steps (features, statistics)."""
+    return data_root() / "cache"
+
+
+def figures_dir(profile: str) -> Path:
+    """Figures and tables of one profile: ``figures/<profile>``."""
+    d = FIGURES / profile
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def build_dir(profile: str) -> Path:
+    """Executed notebooks of one profile: ``build/<profile>`` (ignored by git)."""
+    return BUILD / profile
