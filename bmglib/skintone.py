@@ -1,0 +1,172 @@
+"""Skin tone from pixels: CIELab, the Individual Typology Angle (ITA) and ITA → Fitzpatrick type.
+
+ITA = atan2(L* − 50, b*) in degrees, computed on healthy (non-lesion) skin. ITA → FST uses the
+thresholds of Kinyanjui et al. 2020 / Groh et al. 2021:
+
+    ITA > 55 → I · 41–55 → II · 28–41 → III · 19–28 → IV · 10–19 → V · ≤ 10 → VI
+
+Two flavours of every estimator:
+
+* numpy, hard: :func:`estimate_ita`, :func:`estimate_fst` (one image, a robust median over skin
+  pixels) — used to score images and for ISIC images, which carry no FST label;
+* torch, soft and differentiable: :func:`soft_fst` (a batch → FST probabilities) — usable inside a
+  loss. The soft bins are differences of sigmoids, so they sum to one exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+#: Lower ITA bounds of FST I..V (FST VI is everything ≤ 10°).
+ITA_THRESHOLDS = (55.0, 41.0, 28.0, 19.0, 10.0)
+#: The ITA interval used for each FST when one is needed (e.g. by the generator); I and VI are
+#: open-ended in the definition and closed here at typical extremes of real skin.
+ITA_RANGES = {1: (55.0, 72.0), 2: (41.0, 55.0), 3: (28.0, 41.0), 4: (19.0, 28.0),
+              5: (10.0, 19.0), 6: (-60.0, 10.0)}
+
+# sRGB (D65) <-> XYZ <-> CIELab constants
+_M_RGB2XYZ = np.array([[0.412453, 0.357580, 0.180423],
+                       [0.212671, 0.715160, 0.072169],
+                       [0.019334, 0.119193, 0.950227]])
+_M_XYZ2RGB = np.linalg.inv(_M_RGB2XYZ)
+_WHITE = np.array([0.950456, 1.0, 1.088754])
+_EPS, _KAPPA = 216 / 24389, 24389 / 27
+
+
+# --- colour conversion ------------------------------------------------------------------------
+
+
+def rgb_to_lab_np(rgb: np.ndarray) -> np.ndarray:
+    """sRGB → CIELab. ``rgb``: (..., 3) uint8 or float in [0, 1]. Returns (..., 3) float64."""
+    x = rgb.astype(np.float64) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float64)
+    lin = np.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
+    xyz = lin @ _M_RGB2XYZ.T / _WHITE
+    f = np.where(xyz > _EPS, np.cbrt(xyz), (_KAPPA * xyz + 16) / 116)
+    L = 116 * f[..., 1] - 16
+    a = 500 * (f[..., 0] - f[..., 1])
+    b = 200 * (f[..., 1] - f[..., 2])
+    return np.stack([L, a, b], axis=-1)
+
+
+def lab_to_rgb_np(lab: np.ndarray) -> np.ndarray:
+    """CIELab → sRGB. ``lab``: (..., 3) float. Returns (..., 3) uint8 (out-of-gamut clipped)."""
+    fy = (lab[..., 0] + 16) / 116
+    fx = fy + lab[..., 1] / 500
+    fz = fy - lab[..., 2] / 200
+    f = np.stack([fx, fy, fz], axis=-1)
+    xyz = np.where(f**3 > _EPS, f**3, (116 * f - 16) / _KAPPA) * _WHITE
+    lin = np.clip(xyz @ _M_XYZ2RGB.T, 0.0, 1.0)
+    srgb = np.where(lin > 0.0031308, 1.055 * lin ** (1 / 2.4) - 0.055, 12.92 * lin)
+    return np.clip(np.rint(srgb * 255), 0, 255).astype(np.uint8)
+
+
+def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable sRGB → CIELab. ``x``: (B, 3, H, W) float in [-1, 1]. Returns (B, 3, H, W)."""
+    rgb = ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+    lin = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055).clamp_min(1e-8) ** 2.4, rgb / 12.92)
+    m = torch.as_tensor(_M_RGB2XYZ.T / _WHITE, dtype=x.dtype, device=x.device)
+    xyz = lin @ m
+    f = torch.where(xyz > _EPS, xyz.clamp_min(1e-8) ** (1 / 3), (_KAPPA * xyz + 16) / 116)
+    L = 116 * f[..., 1] - 16
+    a = 500 * (f[..., 0] - f[..., 1])
+    b = 200 * (f[..., 1] - f[..., 2])
+    return torch.stack([L, a, b], dim=1)
+
+
+# --- ITA and FST ------------------------------------------------------------------------------
+
+
+def ita(L, b):
+    """Individual Typology Angle in degrees; numpy arrays/scalars or torch tensors."""
+    if isinstance(L, torch.Tensor):
+        return torch.rad2deg(torch.atan2(L - 50.0, b))
+    return np.degrees(np.arctan2(np.asarray(L, dtype=float) - 50.0, b))
+
+
+def ita_to_fst(ita_deg) -> np.ndarray | int:
+    """Hard ITA → FST (1..6) with the Kinyanjui/Groh thresholds; scalar or array."""
+    a = np.asarray(ita_deg, dtype=float)
+    # number of thresholds the angle does not exceed + 1: >55 → 1, ..., ≤10 → 6
+    fst = 1 + (a[..., None] <= np.asarray(ITA_THRESHOLDS)).sum(-1)
+    return int(fst) if fst.ndim == 0 else fst.astype(int)
+
+
+def soft_fst_from_ita(ita_deg: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """Differentiable ITA → FST probabilities. ``ita_deg``: (B,). Returns (B, 6), rows sum to 1.
+
+    Bin k is σ((ITA − lo_k)/τ) − σ((ITA − hi_k)/τ) with lo/hi the thresholds (±∞ at the ends),
+    so the six probabilities telescope to exactly one; τ (degrees) sets the softness.
+    """
+    t = torch.as_tensor(ITA_THRESHOLDS, dtype=ita_deg.dtype, device=ita_deg.device)
+    above = torch.sigmoid((ita_deg[:, None] - t) / temperature)  # (B, 5): P(ITA > t_k), rising in k
+    # FST I = P(>55); FST k = P(>t_k) − P(>t_{k−1}) for II..V; FST VI = 1 − P(>10)
+    probs = torch.cat([above[:, :1], above[:, 1:] - above[:, :-1], 1 - above[:, -1:]], dim=1)
+    return probs.clamp_min(0)
+
+
+# --- which pixels are skin --------------------------------------------------------------------
+
+
+def _skin_weights(L: np.ndarray) -> np.ndarray:
+    """Boolean (H, W) mask of likely healthy skin in an image whose lesion is roughly centred.
+
+    Why this heuristic: lesions (and hair, ink, dermoscopy vignettes) are darker than the
+    surrounding skin and lesions sit near the centre. Keep the outer ring (outside a centred
+    ellipse of half the size), drop the darkest 30% of it and near-black pixels.
+    """
+    h, w = L.shape
+    yy, xx = np.mgrid[-1:1:complex(0, h), -1:1:complex(0, w)]
+    rr = xx**2 + yy**2
+    ring = (rr > 0.55**2) & (rr < 1.25**2)
+    if ring.sum() < 16:  # tiny images: use everything
+        ring = np.ones_like(ring)
+    vals = L[ring]
+    keep = ring & (L >= np.percentile(vals, 30)) & (L > 8)
+    return keep if keep.sum() >= 8 else ring
+
+
+def estimate_ita(image: np.ndarray) -> float:
+    """ITA (degrees) of the healthy skin in one image. ``image``: (H, W, 3) uint8 RGB."""
+    lab = rgb_to_lab_np(image)
+    mask = _skin_weights(lab[..., 0])
+    return float(ita(np.median(lab[..., 0][mask]), np.median(lab[..., 2][mask])))
+
+
+def estimate_fst(image: np.ndarray) -> int:
+    """FST (1..6) of one image from the ITA of its healthy skin."""
+    return ita_to_fst(estimate_ita(image))
+
+
+def estimate_fst_from_image(path: str | Path, max_side: int = 256) -> int:
+    """FST from an image file (downscaled to ``max_side`` first for speed)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((max_side, max_side))
+        return estimate_fst(np.asarray(im))
+
+
+def soft_fst(x: torch.Tensor, temperature: float = 2.0, sharpness: float = 2.0) -> torch.Tensor:
+    """Differentiable FST probabilities of a batch. ``x``: (B, 3, H, W) in [-1, 1] → (B, 6).
+
+    The hard estimator's median over skin pixels becomes a weighted mean: a fixed outer-ring
+    weight times σ((L − q)/s), q the (detached) 30th percentile of L in the ring, so lesion and
+    hair pixels get little weight while gradients still flow to every skin pixel.
+    """
+    lab = rgb_to_lab(x)
+    L, b = lab[:, 0], lab[:, 2]
+    B, H, W = L.shape
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, H, device=x.device),
+                            torch.linspace(-1, 1, W, device=x.device), indexing="ij")
+    rr = xx**2 + yy**2
+    ring = ((rr > 0.55**2) & (rr < 1.25**2)).to(x.dtype)
+    flat = L.detach().reshape(B, -1)[:, ring.flatten() > 0]
+    q = torch.quantile(flat, 0.30, dim=1)[:, None, None]
+    w = ring * torch.sigmoid((L - q) / sharpness)
+    w = w / w.sum(dim=(1, 2), keepdim=True).clamp_min(1e-6)
+    ita_deg = ita((w * L).sum((1, 2)), (w * b).sum((1, 2)))
+    return soft_fst_from_ita(ita_deg, temperature)
