@@ -384,6 +384,8 @@ def plan_counts(n: int, counts: str = "fitzpatrick17k", min_per_cell: int = 4) -
         share = FITZPATRICK17K_CELLS.astype(float)
     else:
         raise ValueError(f"counts must be 'fitzpatrick17k' or 'balanced', got {counts!r}")
+    if counts == "balanced":
+        min_per_cell = 0  # the floor only matters for the skewed table
     if n < min_per_cell * share.size:
         raise ValueError(f"n={n} is below the floor of {min_per_cell} per cell × {share.size} cells")
     exact = share / share.values.sum() * n

@@ -1,0 +1,1 @@
+"""Metrics: fairness (group-disaggregated, with bootstrap CIs); image metrics arrive later."""

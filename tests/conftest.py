@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny generated datasets (made by the tests) and the real shared data."""
+
+from __future__ import annotations
+
+import pytest
+
+from bmglib import paths
+
+
+@pytest.fixture(scope="session")
+def shared_real():
+    """``../shared/data/real`` — real metadata and 150 ISIC images; skip when absent."""
+    if not (paths.SHARED_REAL / "fitzpatrick17k.csv").exists():
+        pytest.skip(f"real shared data not found at {paths.SHARED_REAL}")
+    return paths.SHARED_REAL
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory):
+    """A 96-image, 32 px generated pool and a 48-image balanced test set."""
+    from bmglib.data import synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    pool = synthetic.generate_dataset(root / "pool", 96, 32, seed=3, min_per_cell=2, progress=False)
+    test = synthetic.generate_dataset(root / "test", 48, 32, seed=3, counts="balanced",
+                                      stream="test", progress=False)
+    return pool, test
