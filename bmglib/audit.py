@@ -61,8 +61,8 @@ def ita_table(df: pd.DataFrame, per_fst: int = 60, size: int = 128, seed: int = 
               progress: bool = True) -> pd.DataFrame:
     """ITA and ITA-estimated FST for up to ``per_fst`` images of each labelled FST."""
     rows = []
-    sample = (df[df["fitzpatrick_scale"] > 0].groupby("fitzpatrick_scale", group_keys=False)
-              .apply(lambda g: g.sample(min(len(g), per_fst), random_state=seed)))
+    known = df[df["fitzpatrick_scale"] > 0]
+    sample = known.sample(frac=1.0, random_state=seed).groupby("fitzpatrick_scale").head(per_fst)
     for r in tqdm(sample.itertuples(), total=len(sample), desc="ITA", disable=not progress, leave=False):
         a = skintone.estimate_ita(images.load_image(r.image_path, size))
         rows.append({"md5hash": r.md5hash, "fitzpatrick_scale": r.fitzpatrick_scale, "ita": a,

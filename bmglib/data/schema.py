@@ -170,10 +170,13 @@ def fst_group(fst: int) -> str:
 def apply_unknown_fst_policy(df: pd.DataFrame, policy: str = "drop") -> tuple[pd.DataFrame, int]:
     """Apply the explicit policy for rows whose FST is unknown; return (table, n_affected).
 
+    A row with a known FST range (``fst_low`` > 0, e.g. DDI) is not unknown.
     ``drop`` (default) removes them; ``keep`` keeps them (they then count in no FST group).
     The count is returned so callers report it — never a silent drop.
     """
     unknown = df["fitzpatrick_scale"] == FST_UNKNOWN
+    if "fst_low" in df.columns:  # a known range (DDI's 1-2/3-4/5-6) is not unknown
+        unknown &= df["fst_low"] == FST_UNKNOWN
     n = int(unknown.sum())
     if policy == "drop":
         return df.loc[~unknown].reset_index(drop=True), n
