@@ -44,3 +44,21 @@ def test_load_image_crops_to_square_and_resizes(tmp_path):
     Image.fromarray(arr).save(tmp_path / "wide.png")
     out = images.load_image(tmp_path / "wide.png", 16)
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8 and out.min() > 240
+
+
+def test_lesion_dataset_items(tiny_synthetic):
+    import torch
+
+    from bmglib.data.dataset import LesionDataset
+
+    pool, _ = tiny_synthetic
+    ds = LesionDataset(pool, 32, augment=True)
+    item = ds[0]
+    x = item["image"]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and -1 <= x.min() <= x.max() <= 1
+    assert item["fst"] == pool.fitzpatrick_scale[0] and item["melanoma"] == int(pool.lesion[0] == "melanoma")
+    plain = LesionDataset(pool, 32)[0]["image"]
+    # augmentation moves pixels but (no colour jitter) keeps the colour distribution close
+    assert abs(plain.mean() - x.mean()) < 0.05
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=8)))
+    assert batch["image"].shape == (8, 3, 32, 32) and batch["lesion"].shape == (8,)

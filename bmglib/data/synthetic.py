@@ -276,7 +276,7 @@ def _hair(size, rng):
         direction = np.array([np.cos(ang), np.sin(ang)])
         normal = np.array([-direction[1], direction[0]])
         pts = p0 + s * length * direction + (bend * s * (1 - s) * 4) * normal * 0.3  # (6, 2)
-        mask |= _segment_distance(xx, yy, pts) < max(0.012, 0.7 / size)
+        mask |= _segment_distance(xx, yy, pts) < max(0.012, 1.0 / size)  # ≥ 2 px wide: no dotted hair
     return mask
 
 
@@ -460,7 +460,7 @@ def generate_dataset(out_dir: str | Path, n: int, size: int = 64, seed: int = 0,
     return load_synthetic(out_dir)
 
 
-GENERATOR_VERSION = 1  # bump when rendering changes: invalidates generated datasets
+GENERATOR_VERSION = 2  # bump when rendering changes: invalidates generated datasets
 
 
 def load_synthetic(out_dir: str | Path) -> pd.DataFrame:
