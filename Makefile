@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create/refresh the virtual environment (.venv) if missing or stale
 
-test: test-fast test-notebooks ## pytest + notebooks under nbval (smoke profile): what CI runs
+test: lint test-fast test-notebooks ## ruff + pytest + notebooks under nbval (smoke profile): what CI runs
 
 test-fast: $(STAMP) ## pytest only (unit + functional, not the slow ones)
 	$(PY) -m pytest -q -m "not slow and not gpu"

@@ -131,7 +131,7 @@ def plot_probe(per_fst: pd.DataFrame, gap: dict, title: str, save_to=None):
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
     err = np.vstack([t["sensitivity"] - t["sensitivity_ci_low"], t["sensitivity_ci_high"] - t["sensitivity"]])
     ax.bar([schema.FST_ROMAN[int(i)] for i in t.index], t["sensitivity"], yerr=err, capsize=3, color="#5b8db8")
-    for i, (s, n) in enumerate(zip(t["sensitivity"], t["n_pos"], strict=True)):
+    for i, n in enumerate(t["n_pos"]):
         ax.annotate(f"n={n}", (i, 0.02), ha="center", fontsize=8, color="white")
     ax.set(ylim=(0, 1.05), xlabel="FST", ylabel="melanoma sensitivity",
            title=f"{title}\ngap I–III − IV–VI = {gap['gap']:+.3f} "

@@ -59,7 +59,7 @@ def test_bad_arguments_name_the_parameter():
 def test_embedded_table_matches_the_real_fitzpatrick17k_csv(shared_real):
     real = pd.read_csv(shared_real / "fitzpatrick17k.csv")
     real = real[real.fitzpatrick_scale > 0]
-    lesion = [schema.lesion_type(a, b) for a, b in zip(real.label, real.nine_partition_label)]
+    lesion = [schema.lesion_type(a, b) for a, b in zip(real.label, real.nine_partition_label, strict=True)]
     table = pd.crosstab(real.fitzpatrick_scale, pd.Series(lesion, index=real.index))
     expected = synthetic.FITZPATRICK17K_CELLS
     assert (table[list(expected.columns)].values == expected.values).all()
