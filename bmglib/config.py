@@ -51,6 +51,7 @@ class ProbeConfig:
     lr: float = 2e-3
     width: int = 32  # channels of the first conv block
     n_boot: int = 2000  # bootstrap resamples for CIs
+    seeds: int = 3  # training seeds (seed, seed+1, ...): the gap's spread over seeds
     seed: int = 0
 
 
@@ -69,6 +70,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "data.test_per_cell": 5,
         "probe.epochs": 1,
         "probe.n_boot": 200,
+        "probe.seeds": 1,
     },
     "quick": {},
     "paper": {

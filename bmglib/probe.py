@@ -26,12 +26,21 @@ from bmglib.metrics import fairness
 
 @dataclass
 class ProbeResult:
-    per_fst: pd.DataFrame  # group_metrics by FST 1..6 (+ overall)
-    per_group: pd.DataFrame  # group_metrics by I-III / IV-VI (+ overall)
-    gap: dict  # sensitivity(I-III) − sensitivity(IV-VI) with CI and Ns
-    history: pd.DataFrame  # epoch, loss, val_auc
+    """Image-level bootstrap CIs are for the first seed; ``over_seeds`` has every seed's gap."""
+
+    per_fst: pd.DataFrame  # group_metrics by FST 1..6 (+ overall), first seed
+    per_group: pd.DataFrame  # group_metrics by I-III / IV-VI (+ overall), first seed
+    gap: dict  # sensitivity(I-III) − sensitivity(IV-VI) with CI and Ns, first seed
+    over_seeds: pd.DataFrame  # one row per training seed: sensitivities, gap and its CI
+    history: pd.DataFrame  # epoch, loss, val_auc, best (first seed)
     predictions: pd.DataFrame  # test rows: md5hash, fitzpatrick_scale, melanoma, p_melanoma
     cache_key: str
+
+    def seed_summary(self) -> dict:
+        """Mean, standard deviation, min and max of the gap over training seeds."""
+        g = self.over_seeds["gap"]
+        return {"seeds": len(g), "gap_mean": float(g.mean()), "gap_sd": float(g.std(ddof=1)) if len(g) > 1
+                else float("nan"), "gap_min": float(g.min()), "gap_max": float(g.max())}
 
 
 def load_tensor(df: pd.DataFrame, size: int, progress: bool = True) -> torch.Tensor:
@@ -43,29 +52,48 @@ def load_tensor(df: pd.DataFrame, size: int, progress: bool = True) -> torch.Ten
 
 def run_bias_probe(meta: pd.DataFrame, cfg: config.ProbeConfig, progress: bool = True,
                    use_cache: bool = True) -> ProbeResult:
-    """Train on ``split == train``, select on ``val``, report on ``test`` (see module doc)."""
-    key = config.cache_key(data=config.hash_table(meta, ("md5hash", "fitzpatrick_scale", "label", "split")),
-                           probe=vars(cfg), version=1)
-    cache = paths.cache_dir() / f"probe_{key}"
-    if use_cache and (cache / "predictions.csv").exists():
-        preds = pd.read_csv(cache / "predictions.csv")
-        history = pd.read_csv(cache / "history.csv")
-    else:
-        preds, history = _train_and_predict(meta, cfg, progress)
-        cache.mkdir(parents=True, exist_ok=True)
-        preds.to_csv(cache / "predictions.csv", index=False)
-        history.to_csv(cache / "history.csv", index=False)
-        (cache / "config.json").write_text(json.dumps(vars(cfg)))
-    y, yhat = preds["melanoma"].to_numpy(), (preds["p_melanoma"] >= 0.5).astype(int).to_numpy()
+    """Train on ``split == train``, select on ``val``, report on ``test``, for ``cfg.seeds`` seeds."""
+    data_hash = config.hash_table(meta, ("md5hash", "fitzpatrick_scale", "label", "split"))
+    rows, first = [], None
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        run_cfg = {**vars(cfg), "seed": seed, "seeds": None, "n_boot": None}  # what training depends on
+        key = config.cache_key(data=data_hash, probe=run_cfg, version=1)
+        preds, history = _cached_run(meta, cfg, seed, key, progress, use_cache)
+        y, yhat, group = _outcomes(preds)
+        gap = fairness.gap(y, yhat, group, "I-III", "IV-VI", n_boot=cfg.n_boot, seed=seed)
+        rows.append({"seed": seed, "sensitivity_I-III": fairness.sensitivity(y[group == "I-III"], yhat[group == "I-III"]),
+                     "sensitivity_IV-VI": fairness.sensitivity(y[group == "IV-VI"], yhat[group == "IV-VI"]),
+                     **{k: gap[k] for k in ("gap", "ci_low", "ci_high")}, "best_epoch": int(history["best"].idxmax()) + 1})
+        if first is None:
+            first = (preds, history, key, gap)
+    preds, history, key, gap = first
+    y, yhat, group = _outcomes(preds)
     fst = preds["fitzpatrick_scale"].to_numpy()
-    group = np.array([schema.fst_group(f) for f in fst])
     per_fst = fairness.group_metrics(y, yhat, fst, n_boot=cfg.n_boot, seed=cfg.seed)
     per_group = fairness.group_metrics(y, yhat, group, n_boot=cfg.n_boot, seed=cfg.seed)
-    gap = fairness.gap(y, yhat, group, "I-III", "IV-VI", n_boot=cfg.n_boot, seed=cfg.seed)
-    return ProbeResult(per_fst, per_group, gap, history, preds, key)
+    return ProbeResult(per_fst, per_group, gap, pd.DataFrame(rows), history, preds, key)
 
 
-def _train_and_predict(meta, cfg, progress):
+def _outcomes(preds: pd.DataFrame):
+    y = preds["melanoma"].to_numpy()
+    yhat = (preds["p_melanoma"] >= 0.5).astype(int).to_numpy()
+    group = np.array([schema.fst_group(f) for f in preds["fitzpatrick_scale"]])
+    return y, yhat, group
+
+
+def _cached_run(meta, cfg, seed, key, progress, use_cache):
+    cache = paths.cache_dir() / f"probe_{key}"
+    if use_cache and (cache / "predictions.csv").exists():
+        return pd.read_csv(cache / "predictions.csv"), pd.read_csv(cache / "history.csv")
+    preds, history = _train_and_predict(meta, cfg, seed, progress)
+    cache.mkdir(parents=True, exist_ok=True)
+    preds.to_csv(cache / "predictions.csv", index=False)
+    history.to_csv(cache / "history.csv", index=False)
+    (cache / "config.json").write_text(json.dumps({**vars(cfg), "seed": seed}))
+    return preds, history
+
+
+def _train_and_predict(meta, cfg, seed, progress):
     parts = {s: meta[meta["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
     for name, part in parts.items():
         if part.empty:
@@ -74,7 +102,7 @@ def _train_and_predict(meta, cfg, progress):
     y = {s: torch.tensor((p["lesion"] == "melanoma").to_numpy(), dtype=torch.long) for s, p in parts.items()}
     res = classify.train_classifier(x["train"], y["train"], x["val"], y["val"], epochs=cfg.epochs,
                                     batch_size=cfg.batch_size, lr=cfg.lr, width=cfg.width,
-                                    seed=cfg.seed, progress=progress)
+                                    seed=seed, progress=progress)
     test = parts["test"]
     preds = pd.DataFrame({"md5hash": test["md5hash"], "fitzpatrick_scale": test["fitzpatrick_scale"],
                           "lesion": test["lesion"], "melanoma": y["test"].numpy(),

@@ -65,6 +65,8 @@ def test_bias_probe_runs_caches_and_reports_ns(data_root):
     assert set(r1.per_fst.index) == {*schema.FST_LEVELS, "overall"}
     assert r1.per_fst.loc[6, "n_pos"] == 3 and r1.gap["n_pos_a"] == 9
     assert len(r1.history) == cfg.probe.epochs
+    assert list(r1.over_seeds["seed"]) == [cfg.probe.seed] and r1.seed_summary()["seeds"] == 1
+    assert r1.over_seeds["gap"][0] == pytest.approx(r1.gap["gap"])
     p = r1.predictions["p_melanoma"]
     assert ((p >= 0) & (p <= 1)).all() and len(p) == 3 * 24
     r2 = probe.run_bias_probe(meta, cfg.probe, progress=False)  # from the cache
