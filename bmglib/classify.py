@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 
 
 class SmallCNN(nn.Module):
-    """Four conv blocks → global pool → one logit. Input (B, 3, H, W) in [-1, 1], H=W ≥ 32."""
+    """Four conv blocks → global pool → ``n_out`` logits. Input (B, 3, H, W) in [-1, 1], H=W ≥ 32."""
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, n_out: int = 1):
         super().__init__()
         chans = [3, width, width * 2, width * 4, width * 4]
         layers: list[nn.Module] = []
@@ -28,14 +28,15 @@ class SmallCNN(nn.Module):
             layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
                        nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(chans[-1], 1)
+        self.head = nn.Linear(chans[-1], n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Returns logits (B,)."""
-        return self.head(self.features(x).mean(dim=(2, 3))).squeeze(1)
+        """Returns logits (B,) when ``n_out == 1``, else (B, n_out)."""
+        out = self.head(self.features(x).mean(dim=(2, 3)))
+        return out.squeeze(1) if out.shape[1] == 1 else out
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Flips and 90° rotations only: colour jitter would shift ITA and so the FST label."""
     if torch.rand(1, generator=gen).item() < 0.5:
         x = x.flip(3)
@@ -86,7 +87,7 @@ def train_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.
         losses = []
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
-            logits = model(_augment(x_train[idx], gen))
+            logits = model(augment(x_train[idx], gen))
             loss = loss_fn(logits, y_train[idx].float())
             opt.zero_grad()
             loss.backward()

@@ -56,10 +56,60 @@ class ProbeConfig:
 
 
 @dataclass
+class DiffusionConfig:
+    """The conditional diffusion model, its training, and the three fairness components.
+
+    ``VARIANTS`` switch the components off one at a time (see :func:`with_variant`).
+    """
+
+    variant: str = "bmg"  # bmg | standard | no_fairloss | no_fst_cond | no_resample
+    backbone: str = "unet"  # unet (small, CPU, from scratch) | sd (Stable Diffusion from sd_path)
+    sd_path: str = ""  # local diffusers-format Stable Diffusion folder (backbone=sd)
+    sd_trainable: str = "lora"  # lora | full
+    lora_rank: int = 8
+    image_size: int = 32
+    base_channels: int = 32  # UNet channels per level: (c, 2c, 2c)
+    cond_dim: int = 64  # label-token width
+    pooled_cond: bool = True  # also add the mean label token to the time embedding
+    prediction_type: str = "v_prediction"  # v_prediction | epsilon
+    num_train_timesteps: int = 1000
+    steps: int = 1200
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # no | fp16 | bf16 (where the device supports it)
+    ema_decay: float = 0.995
+    p_drop: float = 0.1  # label → null token probability (classifier-free guidance)
+    fst_cond: bool = True  # condition on FST (False: lesion only)
+    alpha: float = 1.0  # resampling: weight ∝ n_cell^-alpha (0 natural, 1 balanced)
+    repeat_cap: int = 0  # max draws of one image per epoch (0 = no cap)
+    lambda_kl: float = 0.5  # fairness loss: KL(target ‖ batch-mean estimated FST)
+    lambda_ce: float = 0.0  # fairness loss: per-sample CE to the requested FST
+    t_fair: int = 300  # fairness loss only for t ≤ t_fair
+    estimator: str = "cnn"  # frozen FST estimator of the fairness loss: cnn | ita
+    estimator_epochs: int = 6
+    checkpoint_every: int = 200
+    guidance: float = 0.5  # classifier-free guidance w: cond + w·(cond − uncond)
+    sample_steps: int = 25
+    seed: int = 0
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "bmg": {},
+    "standard": {"fst_cond": False, "alpha": 0.0, "lambda_kl": 0.0, "lambda_ce": 0.0},
+    "no_fairloss": {"lambda_kl": 0.0, "lambda_ce": 0.0},
+    "no_fst_cond": {"fst_cond": False},
+    "no_resample": {"alpha": 0.0},
+}
+
+
+@dataclass
 class Config:
     profile: str = "quick"
     data: DataConfig = field(default_factory=DataConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -71,6 +121,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         "probe.epochs": 1,
         "probe.n_boot": 200,
         "probe.seeds": 1,
+        "diffusion.steps": 6,
+        "diffusion.batch_size": 8,
+        "diffusion.base_channels": 16,
+        "diffusion.checkpoint_every": 3,
+        "diffusion.sample_steps": 4,
+        "diffusion.estimator_epochs": 1,
+        "diffusion.warmup_steps": 2,
     },
     "quick": {},
     "paper": {
@@ -81,6 +138,16 @@ PROFILES: dict[str, dict[str, Any]] = {
         "probe.image_size": 128,
         "probe.epochs": 30,
         "probe.width": 64,
+        "diffusion.backbone": "sd",
+        "diffusion.image_size": 512,
+        "diffusion.batch_size": 8,
+        "diffusion.grad_accum": 4,
+        "diffusion.steps": 20000,
+        "diffusion.lr": 1e-4,
+        "diffusion.mixed_precision": "fp16",
+        "diffusion.ema_decay": 0.9999,
+        "diffusion.checkpoint_every": 1000,
+        "diffusion.t_fair": 400,
     },
 }
 
@@ -131,6 +198,14 @@ def get_config(profile: str = "quick", overrides: dict[str, Any] | None = None) 
         raise ConfigError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
     cfg = apply_overrides(Config(profile=profile), PROFILES[profile])
     return apply_overrides(cfg, overrides)
+
+
+def with_variant(cfg: Config, variant: str) -> Config:
+    """``cfg`` with the diffusion variant's components switched off (strictly, by name)."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown VARIANT {variant!r}; choose one of {list(VARIANTS)}")
+    overrides = {f"diffusion.{k}": v for k, v in VARIANTS[variant].items()}
+    return apply_overrides(cfg, {**overrides, "diffusion.variant": variant})
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -39,6 +39,11 @@ def processed_dir(profile: str, dataset: str) -> Path:
     return data_root() / "processed" / profile / dataset
 
 
+def run_dir(profile: str, variant: str) -> Path:
+    """A diffusion training run (checkpoints, log, final model) of one profile and variant."""
+    return data_root() / "runs" / profile / variant
+
+
 def cache_dir() -> Path:
     """Keyed caches of expensive steps (features, statistics)."""
     return data_root() / "cache"

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from bmglib import classify, config, paths
 from bmglib.data import images, schema
@@ -41,13 +40,6 @@ class ProbeResult:
         g = self.over_seeds["gap"]
         return {"seeds": len(g), "gap_mean": float(g.mean()), "gap_sd": float(g.std(ddof=1)) if len(g) > 1
                 else float("nan"), "gap_min": float(g.min()), "gap_max": float(g.max())}
-
-
-def load_tensor(df: pd.DataFrame, size: int, progress: bool = True) -> torch.Tensor:
-    """Images of a table as (N, 3, size, size) float32 in [-1, 1]."""
-    arr = np.stack([images.load_image(p, size) for p in tqdm(df["image_path"], desc="loading images",
-                                                             disable=not progress, leave=False)])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
 def run_bias_probe(meta: pd.DataFrame, cfg: config.ProbeConfig, progress: bool = True,
@@ -98,7 +90,7 @@ def _train_and_predict(meta, cfg, seed, progress):
     for name, part in parts.items():
         if part.empty:
             raise ValueError(f"the {name} split is empty: the bias probe needs train, val and test images")
-    x = {s: load_tensor(p, cfg.image_size, progress) for s, p in parts.items()}
+    x = {s: images.load_tensor(p, cfg.image_size, progress) for s, p in parts.items()}
     y = {s: torch.tensor((p["lesion"] == "melanoma").to_numpy(), dtype=torch.long) for s, p in parts.items()}
     res = classify.train_classifier(x["train"], y["train"], x["val"], y["val"], epochs=cfg.epochs,
                                     batch_size=cfg.batch_size, lr=cfg.lr, width=cfg.width,

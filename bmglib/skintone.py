@@ -170,3 +170,114 @@ def soft_fst(x: torch.Tensor, temperature: float = 2.0, sharpness: float = 2.0) 
     w = w / w.sum(dim=(1, 2), keepdim=True).clamp_min(1e-6)
     ita_deg = ita((w * L).sum((1, 2)), (w * b).sum((1, 2)))
     return soft_fst_from_ita(ita_deg, temperature)
+
+
+# --- a learned estimator ----------------------------------------------------------------------
+
+
+class FSTEstimator(torch.nn.Module):
+    """A small CNN trained on FST labels: ``forward(x)`` → probabilities (B, 6), differentiable.
+
+    ``x``: (B, 3, H, W) in [-1, 1]. Used frozen inside the fairness loss; the adherence metric
+    scores generated images with the ITA estimator instead, never with this network.
+    """
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        from bmglib.classify import SmallCNN
+
+        self.net = SmallCNN(width, n_out=6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(x), dim=1)
+
+
+def train_fst_estimator(x: torch.Tensor, fst: torch.Tensor, x_val: torch.Tensor, fst_val: torch.Tensor,
+                        epochs: int = 6, batch_size: int = 64, lr: float = 2e-3, width: int = 16,
+                        seed: int = 0, progress: bool = True):
+    """Train :class:`FSTEstimator` on images ``x`` (N, 3, H, W) in [-1, 1] with labels 1..6.
+
+    Returns ``(model in eval mode, val accuracy, val confusion (6×6 DataFrame: true × predicted))``.
+    Augmentation is flips and 90° rotations only (colour jitter would change the label).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from bmglib.classify import augment
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = FSTEstimator(width)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    y = fst.long() - 1
+    for _ in tqdm(range(epochs), desc="FST estimator", disable=not progress, leave=False):
+        model.train()
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            loss = torch.nn.functional.cross_entropy(model.net(augment(x[idx], gen)), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        pred = torch.cat([model(x_val[i:i + 256]).argmax(1) for i in range(0, len(x_val), 256)]) + 1
+    acc = float((pred == fst_val).float().mean())
+    conf = pd.crosstab(pd.Series(fst_val.numpy(), name="true"), pd.Series(pred.numpy(), name="predicted"))
+    conf = conf.reindex(index=range(1, 7), columns=range(1, 7), fill_value=0)
+    return model, acc, conf
+
+
+class ITAEstimator(torch.nn.Module):
+    """The training-free alternative with the same interface: ``forward(x)`` → (B, 6) probabilities."""
+
+    def __init__(self, temperature: float = 2.0):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return soft_fst(x, self.temperature)
+
+
+def get_fst_estimator(kind: str, train_df, val_df, size: int, epochs: int = 6, seed: int = 0,
+                      progress: bool = True):
+    """The frozen estimator of the fairness loss: ``cnn`` (trained on the training split's FST
+    labels, cached under a key of its inputs) or ``ita`` (training-free).
+
+    Returns ``(estimator, report)``; report has ``val_accuracy`` and ``confusion`` (CNN only).
+    """
+    import json
+
+    import pandas as pd
+    from safetensors.torch import load_file, save_file
+
+    from bmglib import config, paths
+    from bmglib.data.images import load_tensor
+
+    if kind == "ita":
+        return ITAEstimator(), {"kind": "ita"}
+    if kind != "cnn":
+        raise ValueError(f"estimator must be 'cnn' or 'ita', got {kind!r}")
+    key = config.cache_key(train=config.hash_table(train_df), val=config.hash_table(val_df), size=size,
+                           epochs=epochs, seed=seed, version=1)
+    cache = paths.cache_dir() / f"fst_estimator_{key}"
+    model = FSTEstimator()
+    if (cache / "model.safetensors").exists():
+        model.load_state_dict(load_file(cache / "model.safetensors"))
+        report = json.loads((cache / "report.json").read_text())
+        report["confusion"] = pd.DataFrame(report["confusion"]).rename(index=int, columns=int)
+    else:
+        x, xv = load_tensor(train_df, size, progress), load_tensor(val_df, size, progress)
+        y = torch.tensor(train_df["fitzpatrick_scale"].to_numpy())
+        yv = torch.tensor(val_df["fitzpatrick_scale"].to_numpy())
+        model, acc, conf = train_fst_estimator(x, y, xv, yv, epochs=epochs, seed=seed, progress=progress)
+        cache.mkdir(parents=True, exist_ok=True)
+        save_file(model.state_dict(), cache / "model.safetensors")
+        report = {"kind": "cnn", "val_accuracy": acc, "n_val": len(val_df), "confusion": conf}
+        (cache / "report.json").write_text(json.dumps({**report, "confusion": conf.to_dict()}))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, report

@@ -43,7 +43,7 @@ def image_problem(path: str | Path) -> str | None:
         with Image.open(p) as im:
             im.draft("RGB", (64, 64))
             im.load()
-    except Exception as e:  # noqa: BLE001 — any failure to decode means unusable; say which
+    except Exception as e:  # any failure to decode means unusable; the report says which
         return f"corrupt: {type(e).__name__}: {e}"[:200]
     return None
 
@@ -117,7 +117,7 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
     im = im.crop((left, top, left + s, top + s))
     if s != size:
         im = im.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(im, dtype=np.uint8)
+    return np.array(im, dtype=np.uint8)  # a writable copy (asarray of a PIL image is read-only)
 
 
 # --- the Dataset ------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ class LesionDataset(torch.utils.data.Dataset):
         return x.clamp(-1.0, 1.0)
 
     def __getitem__(self, i: int) -> dict:
-        # from_numpy(...).float() copies, so a cached array is never modified in place
+        # .float() makes a new tensor, so a cached array is never modified in place
         x = torch.from_numpy(self._pixels(i)).permute(2, 0, 1).float().div(127.5).sub(1.0)
         if self.augment:
             x = self._augment(x)
@@ -194,3 +194,10 @@ class LesionDataset(torch.utils.data.Dataset):
         lesion = self._lesion[i]
         return {"image": x, "fst": self._fst[i], "lesion": lesion,
                 "melanoma": int(lesion == LESION_INDEX["melanoma"]), "idx": i}
+
+
+def load_tensor(df: pd.DataFrame, size: int, progress: bool = True) -> torch.Tensor:
+    """Images of a table as (N, 3, size, size) float32 in [-1, 1]."""
+    arr = np.stack([load_image(p, size) for p in tqdm(df["image_path"], desc="loading images",
+                                                      disable=not progress, leave=False)])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)

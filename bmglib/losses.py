@@ -1,0 +1,84 @@
+"""Losses of the conditional diffusion model: the denoising loss and the fairness loss.
+
+Fairness loss (DESIGN.md, "The fairness components, precisely"): for the samples of a batch at
+low noise (t ≤ ``t_fair``), predict the clean image x̂0 from the model output, score it with a
+*frozen* FST estimator → soft FST probabilities p_i (6,), and penalise
+
+    KL(target ‖ mean_i p_i)          target = the requested FST mix of those samples
+                                     (uniform when FST is not conditioned)
+  + λ_ce · mean_i −log p_i[requested FST_i]     (optional, per sample)
+
+The KL of the *requested* labels alone would be zero under balanced sampling; this one measures
+what the model actually draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDPMScheduler
+
+
+def denoising_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between the model output and its target (v or ε), a scalar."""
+    return torch.nn.functional.mse_loss(pred, target)
+
+
+def training_target(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor,
+                    t: torch.Tensor) -> torch.Tensor:
+    """What the model must predict: v = α_t ε − σ_t x0 (v-prediction) or ε."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    if scheduler.config.prediction_type == "epsilon":
+        return noise
+    raise ValueError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
+
+
+def predict_x0(scheduler: DDPMScheduler, x_t: torch.Tensor, t: torch.Tensor,
+               pred: torch.Tensor) -> torch.Tensor:
+    """x̂0 from the model output. ``x_t``, ``pred``: (B, C, H, W); ``t``: (B,) long."""
+    abar = scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1).to(x_t.dtype)
+    a, s = abar.sqrt(), (1 - abar).sqrt()
+    if scheduler.config.prediction_type == "v_prediction":
+        return a * x_t - s * pred
+    return (x_t - s * pred) / a.clamp_min(1e-4)
+
+
+@dataclass
+class FairnessTerms:
+    kl: torch.Tensor  # scalar
+    ce: torch.Tensor  # scalar
+    n: int  # samples with t ≤ t_fair
+    estimated: torch.Tensor  # (6,) batch-mean estimated FST distribution (detached)
+    target: torch.Tensor  # (6,)
+
+
+def fairness_terms(x0_hat: torch.Tensor, t: torch.Tensor, estimator: torch.nn.Module, t_fair: int,
+                   requested_fst: torch.Tensor | None) -> FairnessTerms:
+    """KL(target ‖ batch-mean estimated FST) and the per-sample CE, on samples with t ≤ ``t_fair``.
+
+    ``x0_hat``: (B, 3, H, W) in about [-1, 1] (clamped); ``requested_fst``: (B,) in 1..6, or None
+    when FST is not conditioned (target = uniform, CE = 0). Returns zeros (with a graph) when no
+    sample qualifies.
+    """
+    mask = t <= t_fair
+    zero = x0_hat.sum() * 0.0
+    if requested_fst is not None:
+        mask = mask & (requested_fst >= 1)
+    n = int(mask.sum())
+    if n == 0:
+        z = torch.zeros(6, device=x0_hat.device)
+        return FairnessTerms(zero, zero, 0, z, z)
+    probs = estimator(x0_hat[mask].clamp(-1, 1)).clamp_min(1e-6)  # (n, 6)
+    est = probs.mean(0)
+    if requested_fst is None:
+        target = torch.full((6,), 1 / 6, device=x0_hat.device)
+        ce = zero
+    else:
+        req = requested_fst[mask].long() - 1
+        target = torch.bincount(req, minlength=6).float() / n
+        ce = -probs.gather(1, req[:, None]).log().mean()
+    nz = target > 0
+    kl = (target[nz] * (target[nz].log() - est[nz].log())).sum()
+    return FairnessTerms(kl, ce, n, est.detach(), target)

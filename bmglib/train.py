@@ -1,0 +1,279 @@
+"""Training of the conditional diffusion model: an ``accelerate`` loop that resumes exactly.
+
+    run = train_diffusion(cfg, train_df, out_dir, estimator=est)      # or resumes out_dir
+
+* ``accelerate`` (``accelerate launch`` scales it to several GPUs): gradient accumulation, mixed
+  precision where the device supports it; EMA weights (diffusers ``EMAModel``); tqdm progress; a
+  CSV log of every step's losses; callbacks ``fn(step, logs)``.
+* Every ``checkpoint_every`` steps: weights (safetensors), EMA, optimiser, scheduler and every
+  random state (noise, timesteps, label drop, augmentation, data order position). A killed run
+  resumed from its last checkpoint ends with the same weights as an uninterrupted one.
+* A non-finite loss stops the run, naming the step and the last good checkpoint (kept).
+
+Batches come from :class:`bmglib.balance.CellBalancedSampler` (distribution-aware resampling,
+``alpha``); the fairness loss (``bmglib.losses``) uses a frozen FST estimator given as argument.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from accelerate import Accelerator
+from diffusers import DDPMScheduler
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from bmglib import config, losses
+from bmglib.balance import CellBalancedSampler
+from bmglib.data.images import LESION_INDEX, load_image
+from bmglib.model import build_unet
+
+Callback = Callable[[int, dict], None]
+LOG_COLUMNS = ["step", "loss", "denoise", "fair_kl", "fair_ce", "n_fair", "lr", "seconds"]
+
+
+def make_scheduler(d: config.DiffusionConfig) -> DDPMScheduler:
+    """The noise schedule (cosine) and parameterisation shared by training and sampling."""
+    return DDPMScheduler(num_train_timesteps=d.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+                         prediction_type=d.prediction_type, clip_sample=False)
+
+
+def build_model(d: config.DiffusionConfig) -> torch.nn.Module:
+    """The denoiser named by ``d.backbone``: the CPU UNet, or Stable Diffusion from ``d.sd_path``."""
+    if d.backbone == "unet":
+        c = d.base_channels
+        return build_unet(d.image_size, (c, 2 * c, 2 * c), d.cond_dim, pooled=d.pooled_cond)
+    if d.backbone == "sd":
+        from bmglib import model_sd
+
+        if not d.sd_path:
+            raise ValueError("diffusion.backbone='sd' needs diffusion.sd_path: a local diffusers SD folder")
+        return model_sd.SDConditional.from_pretrained_path(d.sd_path, trainable=d.sd_trainable,
+                                                           lora_rank=d.lora_rank, cond_dim=d.cond_dim)
+    raise ValueError(f"diffusion.backbone must be 'unet' or 'sd', got {d.backbone!r}")
+
+
+class BatchStream:
+    """Deterministic, resumable batches: (epoch, position) in the sampler's per-epoch order.
+
+    Images are decoded once (``size``×``size``) and kept as a uint8 tensor (N, 3, S, S).
+    """
+
+    def __init__(self, df: pd.DataFrame, d: config.DiffusionConfig, progress: bool = True):
+        self.df = df.reset_index(drop=True)
+        imgs = [load_image(p, d.image_size) for p in tqdm(self.df["image_path"], desc="loading images",
+                                                          disable=not progress, leave=False)]
+        self.images = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+        self.fst = torch.tensor(self.df["fitzpatrick_scale"].to_numpy(), dtype=torch.long)
+        self.lesion = torch.tensor([LESION_INDEX[v] for v in self.df["lesion"]], dtype=torch.long)
+        cap = d.repeat_cap if d.repeat_cap > 0 else None
+        self.sampler = CellBalancedSampler(self.df, alpha=d.alpha, repeat_cap=cap, seed=d.seed)
+        self.batch_size, self.epoch, self.pos = d.batch_size, 0, 0
+        self._order: list[int] | None = None
+
+    def _ensure_order(self):
+        if self._order is None:
+            self.sampler.set_epoch(self.epoch)
+            self._order = list(iter(self.sampler))
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images uint8 (B,3,S,S), fst (B,), lesion (B,)) — full batches only."""
+        self._ensure_order()
+        if self.pos + self.batch_size > len(self._order):
+            self.epoch, self.pos, self._order = self.epoch + 1, 0, None
+            self._ensure_order()
+        idx = torch.tensor(self._order[self.pos:self.pos + self.batch_size])
+        self.pos += self.batch_size
+        return self.images[idx], self.fst[idx], self.lesion[idx]
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state(self, s: dict):
+        self.epoch, self.pos, self._order = s["epoch"], s["pos"], None
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Per-sample horizontal/vertical flips and a per-batch 90° rotation (no colour changes:
+    they would move the skin's ITA and so the FST label)."""
+    b = len(x)
+    h = torch.rand(b, generator=gen) < 0.5
+    v = torch.rand(b, generator=gen) < 0.5
+    x = torch.where(h.view(-1, 1, 1, 1), x.flip(3), x)
+    x = torch.where(v.view(-1, 1, 1, 1), x.flip(2), x)
+    return torch.rot90(x, int(torch.randint(4, (1,), generator=gen)), dims=(2, 3))
+
+
+@dataclass
+class TrainRun:
+    model: torch.nn.Module  # EMA weights, eval mode
+    log: pd.DataFrame
+    out_dir: Path
+    resumed_from: int  # step of the checkpoint resumed from (0 = fresh)
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    return sorted((out_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def _save_checkpoint(out_dir, step, model, ema, opt, sched, gen, stream, log_rows, keep=2) -> Path:
+    ck = out_dir / "checkpoints" / f"step_{step:07d}"
+    tmp = ck.with_name(ck.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    torch.save({"ema": ema.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "gen": gen.get_state(), "stream": stream.state(), "step": step}, tmp / "state.pt")
+    pd.DataFrame(log_rows, columns=LOG_COLUMNS).to_csv(tmp / "log.csv", index=False)
+    tmp.rename(ck)  # a checkpoint exists only once it is complete
+    for old in _checkpoints(out_dir)[:-keep]:
+        shutil.rmtree(old)
+    return ck
+
+
+def _fair_terms(model_out, x_t, t, fst_req, d, sched, estimator):
+    if estimator is None or (d.lambda_kl == 0 and d.lambda_ce == 0):
+        return None
+    x0_hat = losses.predict_x0(sched, x_t, t, model_out)
+    return losses.fairness_terms(x0_hat, t, estimator, d.t_fair, fst_req if d.fst_cond else None)
+
+
+def train_diffusion(cfg: config.Config, train_df: pd.DataFrame, out_dir: str | Path,
+                    estimator: torch.nn.Module | None = None, callbacks: tuple[Callback, ...] = (),
+                    progress: bool = True, resume: bool = True) -> TrainRun:
+    """Train (or resume) the variant ``cfg.diffusion`` on ``train_df`` (schema table with images).
+
+    ``estimator``: frozen FST estimator for the fairness loss, (B,3,H,W) in [-1,1] → (B,6)
+    probabilities; required when ``lambda_kl`` or ``lambda_ce`` > 0.
+    """
+    d, out_dir = cfg.diffusion, Path(out_dir)
+    if (d.lambda_kl > 0 or d.lambda_ce > 0) and estimator is None:
+        raise ValueError("the fairness loss is on (lambda_kl/lambda_ce > 0) but no FST estimator was given")
+    torch.manual_seed(d.seed)
+    accel = Accelerator(gradient_accumulation_steps=d.grad_accum,
+                        mixed_precision=d.mixed_precision if torch.cuda.is_available() else "no")
+    model, sched = build_model(d), make_scheduler(d)
+    opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=1e-4)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(d.warmup_steps, 1)))
+    ema = EMAModel(model.parameters(), decay=d.ema_decay)
+    gen = torch.Generator().manual_seed(d.seed)
+    stream = BatchStream(train_df, d, progress)
+    start, log_rows = 0, []
+    ckpts = _checkpoints(out_dir) if resume else []
+    if ckpts:
+        start, log_rows = _load_checkpoint(ckpts[-1], model, ema, opt, lr_sched, gen, stream)
+    elif out_dir.exists() and not resume:
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    model, opt = accel.prepare(model, opt)
+    if estimator is not None:
+        estimator.to(accel.device).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(config.to_dict(cfg), indent=2))
+    last_ck = ckpts[-1] if ckpts else None
+    bar = tqdm(range(start, d.steps), initial=start, total=d.steps, desc=f"train {d.variant}",
+               disable=not progress)
+    for step in bar:
+        t0 = time.perf_counter()
+        logs = _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator)
+        if not np.isfinite(logs["loss"]):
+            raise FloatingPointError(f"loss is {logs['loss']} at step {step + 1}: training stopped; "
+                                     f"last good checkpoint: {last_ck or 'none (no checkpoint yet)'}")
+        ema.step(accel.unwrap_model(model).parameters())
+        logs.update(step=step + 1, lr=lr_sched.get_last_lr()[0], seconds=time.perf_counter() - t0)
+        log_rows.append([logs[c] for c in LOG_COLUMNS])
+        bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        if (step + 1) % d.checkpoint_every == 0 or step + 1 == d.steps:
+            last_ck = _save_checkpoint(out_dir, step + 1, accel.unwrap_model(model), ema, opt, lr_sched,
+                                       gen, stream, log_rows)
+        for cb in callbacks:  # after the checkpoint: a callback sees the step fully done
+            cb(step + 1, logs)
+    log = pd.DataFrame(log_rows, columns=LOG_COLUMNS)
+    log.to_csv(out_dir / "log.csv", index=False)
+    final = _export_ema(accel.unwrap_model(model), ema, out_dir, cfg, config.hash_table(train_df))
+    return TrainRun(final, log, out_dir, start)
+
+
+def _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator) -> dict:
+    sums = {"loss": 0.0, "denoise": 0.0, "fair_kl": 0.0, "fair_ce": 0.0, "n_fair": 0}
+    for _ in range(d.grad_accum):
+        imgs, fst, lesion = stream.next()
+        x0 = augment(imgs.float() / 127.5 - 1.0, gen).to(accel.device)
+        noise = torch.randn(x0.shape, generator=gen).to(accel.device)
+        t = torch.randint(0, d.num_train_timesteps, (len(x0),), generator=gen).to(accel.device)
+        drop_f = torch.rand(len(x0), generator=gen) < d.p_drop
+        drop_l = torch.rand(len(x0), generator=gen) < d.p_drop
+        if not d.fst_cond:
+            drop_f = torch.ones_like(drop_f)  # FST never seen: always the null token
+        x_t = sched.add_noise(x0, noise, t)
+        with accel.accumulate(model):
+            out = model(x_t, t, fst.to(accel.device), lesion.to(accel.device), drop_f, drop_l)
+            den = losses.denoising_loss(out, losses.training_target(sched, x0, noise, t))
+            fair = _fair_terms(out, x_t, t, fst.to(accel.device), d, sched, estimator)
+            loss = den if fair is None else den + d.lambda_kl * fair.kl + d.lambda_ce * fair.ce
+            accel.backward(loss)
+            if accel.sync_gradients:
+                accel.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()  # accelerate skips it until the last micro-batch of the accumulation
+            if accel.sync_gradients:
+                lr_sched.step()
+            opt.zero_grad()
+        sums["loss"] += loss.item() / d.grad_accum
+        sums["denoise"] += den.item() / d.grad_accum
+        if fair is not None:
+            sums["fair_kl"] += fair.kl.item() / d.grad_accum
+            sums["fair_ce"] += fair.ce.item() / d.grad_accum
+            sums["n_fair"] += fair.n
+    return sums
+
+
+def _load_checkpoint(ck: Path, model, ema, opt, lr_sched, gen, stream):
+    model.load_state_dict(load_file(ck / "model.safetensors"))
+    st = torch.load(ck / "state.pt", weights_only=False)
+    ema.load_state_dict(st["ema"])
+    opt.load_state_dict(st["opt"])
+    lr_sched.load_state_dict(st["sched"])
+    gen.set_state(st["gen"])
+    stream.load_state(st["stream"])
+    rows = pd.read_csv(ck / "log.csv").values.tolist()
+    return int(st["step"]), rows
+
+
+def _export_ema(model, ema, out_dir: Path, cfg: config.Config, dataset_hash: str) -> torch.nn.Module:
+    """Write ``final/`` (EMA weights, config, provenance) and return the EMA model in eval mode."""
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    final = out_dir / "final"
+    final.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
+              final / "model.safetensors")
+    (final / "config.json").write_text(json.dumps(config.to_dict(cfg), indent=2))
+    config.write_provenance(final / "provenance.json",
+                            config.provenance(cfg, dataset_hash=dataset_hash, seed=cfg.diffusion.seed))
+    exported = build_model(cfg.diffusion)
+    exported.load_state_dict(load_file(final / "model.safetensors"))
+    ema.restore(model.parameters())
+    return exported.eval()
+
+
+def load_trained(run_dir: str | Path) -> tuple[torch.nn.Module, config.Config]:
+    """Rebuild a trained model (EMA weights) from ``run_dir/final`` and its stored config."""
+    final = Path(run_dir) / "final"
+    if not (final / "model.safetensors").exists():
+        raise FileNotFoundError(f"{final}/model.safetensors not found: train the variant first "
+                                "(notebooks/02_conditional_finetune.ipynb)")
+    raw = json.loads((final / "config.json").read_text())
+    cfg = config.Config(profile=raw["profile"], data=config.DataConfig(**raw["data"]),
+                        probe=config.ProbeConfig(**raw["probe"]),
+                        diffusion=config.DiffusionConfig(**raw["diffusion"]))
+    model = build_model(cfg.diffusion)
+    model.load_state_dict(load_file(final / "model.safetensors"))
+    return model.eval(), cfg

@@ -1,0 +1,169 @@
+"""Diffusion training: fairness loss properties, exact resume after a kill, NaN stop, variants."""
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bmglib import config, losses, skintone, train
+from bmglib.data import synthetic
+from bmglib.model import build_unet
+
+
+def _cfg(**over):
+    base = {"diffusion.steps": 4, "diffusion.batch_size": 4, "diffusion.checkpoint_every": 2,
+            "diffusion.base_channels": 16}
+    return config.get_config("smoke", {**base, **over})
+
+
+def _images(fsts, size=32):
+    arr = np.stack([synthetic.render(int(f), "nevus", size, i).image for i, f in enumerate(fsts)])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def test_fairness_loss_is_larger_when_skin_tones_disagree_with_the_request():
+    fsts = torch.tensor([1, 2, 3, 4, 5, 6] * 2)
+    x = _images(fsts)
+    t = torch.zeros(len(x), dtype=torch.long)
+    est = skintone.ITAEstimator()
+    agree = losses.fairness_terms(x, t, est, 300, fsts)
+    disagree = losses.fairness_terms(x, t, est, 300, torch.ones_like(fsts))  # all asked for FST I
+    assert disagree.kl > agree.kl + 0.5 and disagree.ce > agree.ce
+    # no sample at low noise → exactly zero
+    none = losses.fairness_terms(x, torch.full_like(t, 999), est, 300, fsts)
+    assert none.n == 0 and none.kl.item() == 0.0
+    # not conditioned on FST → the target is uniform, which a balanced batch meets closely
+    uniform = losses.fairness_terms(x, t, est, 300, None)
+    assert torch.allclose(uniform.target, torch.full((6,), 1 / 6)) and uniform.kl < disagree.kl
+
+
+def test_fairness_gradients_reach_the_unet():
+    d = _cfg().diffusion
+    model, sched = build_unet(32, (16, 32, 32)), train.make_scheduler(d)
+    x0 = _images([1, 6, 3, 5])
+    t = torch.tensor([10, 50, 100, 200])
+    x_t = sched.add_noise(x0, torch.randn_like(x0), t)
+    out = model(x_t, t, torch.tensor([1, 6, 3, 5]), torch.tensor([1, 1, 1, 1]))
+    fair = losses.fairness_terms(losses.predict_x0(sched, x_t, t, out), t, skintone.ITAEstimator(), 300,
+                                 torch.tensor([6, 1, 6, 1]))
+    fair.kl.backward()
+    grads = [p.grad for p in model.unet.parameters() if p.grad is not None]
+    assert grads and sum(g.abs().sum() for g in grads) > 0
+
+
+def test_lambda_zero_switches_the_fairness_loss_off_exactly(tiny_synthetic, tmp_path):
+    pool, _ = tiny_synthetic
+    est = skintone.ITAEstimator()
+    off = train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 0.0}), pool, tmp_path / "off",
+                                estimator=est, progress=False)
+    train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 0.0}), pool, tmp_path / "none",
+                          estimator=None, progress=False)
+    on = train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 5.0}), pool, tmp_path / "on",
+                               estimator=est, progress=False)
+    w = {k: load_file(tmp_path / k / "final" / "model.safetensors") for k in ("off", "none", "on")}
+    assert all(torch.equal(w["off"][n], w["none"][n]) for n in w["off"])
+    assert any(not torch.equal(w["off"][n], w["on"][n]) for n in w["off"])
+    assert (off.log["fair_kl"] == 0).all() and (on.log["n_fair"] >= 0).all()
+    assert list(off.log["step"]) == [1, 2, 3, 4]
+
+
+RUNNER = textwrap.dedent("""
+    import sys, time, pathlib, pandas as pd
+    from bmglib import config, train
+    pool = pd.read_csv(sys.argv[1])
+    out, marker = pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+    cfg = config.get_config("smoke", {{"diffusion.steps": 6, "diffusion.batch_size": 4,
+        "diffusion.checkpoint_every": 3, "diffusion.base_channels": 16, "diffusion.lambda_kl": 0.0}})
+    def stall(step, logs):
+        if step == 4:
+            marker.write_text("at 4")
+            time.sleep(120)  # the test kills us here, after the step-3 checkpoint
+    train.train_diffusion(cfg, pool, out, callbacks=(stall,), progress=False)
+""")
+
+
+def test_killed_run_resumes_to_identical_weights(tiny_synthetic, tmp_path):
+    pool, _ = tiny_synthetic
+    pool.to_csv(tmp_path / "pool.csv", index=False)
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER.format())
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "pool.csv"), str(tmp_path / "killed"),
+                             str(marker)])
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "the training subprocess died before step 4"
+            assert time.time() < deadline, "the training subprocess never reached step 4"
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["step_0000003"]
+    cfg = config.get_config("smoke", {"diffusion.steps": 6, "diffusion.batch_size": 4,
+                                      "diffusion.checkpoint_every": 3, "diffusion.base_channels": 16,
+                                      "diffusion.lambda_kl": 0.0})
+    resumed = train.train_diffusion(cfg, pool, tmp_path / "killed", progress=False)
+    straight = train.train_diffusion(cfg, pool, tmp_path / "straight", progress=False)
+    assert resumed.resumed_from == 3 and straight.resumed_from == 0
+    a = load_file(tmp_path / "killed" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert list(resumed.log["step"]) == list(range(1, 7))
+    assert np.allclose(resumed.log["loss"], straight.log["loss"], atol=1e-6)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tiny_synthetic, tmp_path):
+    pool, _ = tiny_synthetic
+    cfg = _cfg(**{"diffusion.lambda_kl": 0.0, "diffusion.steps": 5})
+
+    def poison(step, logs):
+        if step == 2:  # after the step-2 checkpoint, make every weight NaN
+            for p in model_ref[0].parameters():
+                p.data.fill_(float("nan"))
+
+    model_ref = []
+    orig = train.build_model
+
+    def capture(d):
+        m = orig(d)
+        model_ref.append(m)
+        return m
+
+    train.build_model = capture
+    try:
+        with pytest.raises(FloatingPointError, match=r"step 3.*step_0000002"):
+            train.train_diffusion(cfg, pool, tmp_path / "nan", callbacks=(poison,), progress=False)
+    finally:
+        train.build_model = orig
+    ck = tmp_path / "nan" / "checkpoints" / "step_0000002" / "model.safetensors"
+    assert all(torch.isfinite(v).all() for v in load_file(ck).values())
+
+
+def test_variants_switch_components():
+    base = config.get_config("smoke")
+    std = config.with_variant(base, "standard").diffusion
+    assert not std.fst_cond and std.alpha == 0 and std.lambda_kl == 0
+    nf = config.with_variant(base, "no_fairloss").diffusion
+    assert nf.fst_cond and nf.alpha == 1 and nf.lambda_kl == 0
+    assert config.with_variant(base, "no_fst_cond").diffusion.fst_cond is False
+    assert config.with_variant(base, "no_resample").diffusion.alpha == 0
+    with pytest.raises(config.ConfigError, match="VARIANT"):
+        config.with_variant(base, "bmgx")
+
+
+def test_trained_model_reloads_from_its_config(tiny_synthetic, tmp_path):
+    pool, _ = tiny_synthetic
+    run = train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 0.0}), pool, tmp_path / "r", progress=False)
+    model, cfg = train.load_trained(tmp_path / "r")
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([5, 500])
+    f, les = torch.tensor([2, 5]), torch.tensor([0, 3])
+    with torch.no_grad():
+        assert torch.equal(model(x, t, f, les), run.model(x, t, f, les))
+    assert cfg.diffusion.steps == 4
+    assert (tmp_path / "r" / "final" / "provenance.json").exists()
