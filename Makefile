@@ -11,6 +11,8 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 STAMP := $(VENV)/.installed
 # Real data shipped beside the checkout (tests and the nbval run on Fitzpatrick17k metadata use it).
 SHARED_REAL ?= $(abspath ../shared/data/real)
+# the diffusion variants notebook 02 trains in `make paper` (the ones later notebooks read)
+PAPER_VARIANTS ?= bmg standard
 
 .PHONY: help venv test test-fast test-notebooks test-slow paper data data-fitzpatrick17k benchmark lint clean
 
@@ -46,8 +48,15 @@ test-slow: $(STAMP) ## the slow tests too (minutes)
 paper: $(STAMP) ## run every notebook with papermill for PROFILE (default quick) into build/PROFILE
 	@mkdir -p build/$(PROFILE)
 	@set -e; for nb in $(NOTEBOOKS); do \
-		echo "== $$nb (PROFILE=$(PROFILE))"; \
-		$(VENV)/bin/papermill --cwd notebooks -p PROFILE $(PROFILE) $$nb build/$(PROFILE)/$$(basename $$nb); \
+		name=$$(basename $$nb .ipynb); \
+		case $$name in \
+		02_*) for v in $(PAPER_VARIANTS); do \
+			echo "== $$nb (PROFILE=$(PROFILE) VARIANT=$$v)"; \
+			$(VENV)/bin/papermill --cwd notebooks -p PROFILE $(PROFILE) -p VARIANT $$v $$nb build/$(PROFILE)/$${name}__$$v.ipynb; \
+		done ;; \
+		*) echo "== $$nb (PROFILE=$(PROFILE))"; \
+			$(VENV)/bin/papermill --cwd notebooks -p PROFILE $(PROFILE) $$nb build/$(PROFILE)/$$name.ipynb ;; \
+		esac; \
 	done
 	@echo "executed notebooks: build/$(PROFILE)/  figures: figures/$(PROFILE)/"
 

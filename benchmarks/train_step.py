@@ -1,6 +1,6 @@
 """Training-step speed of the CPU denoiser vs the diffusers default layout, on 2 threads.
 
-    python benchmarks/train_step.py [--steps N] [--quick]
+    python benchmarks/train_step.py [--steps N] [--quick] [--threads 2] [--no-64]
 
 For each model: seconds per training step (forward + backward + AdamW step, median of ``--steps``
 after 2 warm-up steps), images/s, parameters, and the achieved GFLOP/s — the FLOPs of one
@@ -109,19 +109,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10, help="timed steps per model (median)")
     ap.add_argument("--quick", action="store_true", help="3 timed steps per model")
+    ap.add_argument("--threads", type=int, default=THREADS, help="torch threads (default 2)")
+    ap.add_argument("--no-64", action="store_true", help="skip the 64×64 configuration")
     args = ap.parse_args()
     steps = 3 if args.quick else args.steps
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     _register_cpu_attention_flops()
     load = os.getloadavg()[0]
     mm = matmul_gflops()
-    print(f"torch {torch.__version__}, {THREADS} threads, {steps} timed steps after {WARMUP} "
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {steps} timed steps after {WARMUP} "
           f"warm-up, load average {load:.2f}; fp32 1024² matmul: {mm:.1f} GFLOP/s")
     head = (f"{'model':<20} {'size':>4} {'batch':>5} {'params M':>8} {'s/step':>7} {'img/s':>6} "
             f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'/matmul':>7}")
     print(head)
     print("-" * len(head))
     for name, builder, size, batch in CONFIGS:
+        if args.no_64 and size == 64:
+            continue
         r = measure(builder, size, batch, steps)
         print(f"{name:<20} {size:>4} {batch:>5} {r['params_m']:>8.2f} {r['sec']:>7.3f} "
               f"{r['img_s']:>6.1f} {r['gflop']:>10.1f} {r['gflop_s']:>8.1f} "

@@ -65,6 +65,7 @@ class DiffusionConfig:
     variant: str = "bmg"  # bmg | standard | no_fairloss | no_fst_cond | no_resample
     backbone: str = "unet"  # unet (small, CPU, from scratch) | sd (Stable Diffusion from sd_path)
     sd_path: str = ""  # local diffusers-format Stable Diffusion folder (backbone=sd)
+    sd_mode: str = "labels"  # labels (tokens replace the prompt) | append | prompt (text baseline)
     sd_trainable: str = "lora"  # lora | full
     lora_rank: int = 8
     image_size: int = 32

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import cast_training_params
+from diffusers.utils import logging as dlogging
 from diffusers.utils.torch_utils import randn_tensor
 from peft import LoraConfig
 from peft.utils import set_peft_model_state_dict
@@ -104,14 +105,15 @@ def load_sd_components(path, device="cpu", dtype=torch.float32, unet_path=None) 
             "stable-diffusion-v1-5 or stable-diffusion-2-1-base)")
     kw = {"local_files_only": True}
     src, sub = (Path(unet_path), None) if unet_path else (root, "unet")
-    unet = UNet2DConditionModel.from_pretrained(src, subfolder=sub, **kw)
-    vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **kw)
+    # diffusers: torch_dtype at load keeps its fp32-only modules; transformers 4/5 differ in the
+    # keyword (torch_dtype/dtype), so the text encoder is cast after loading
+    unet = UNet2DConditionModel.from_pretrained(src, subfolder=sub, torch_dtype=dtype, **kw)
+    vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype, **kw)
     text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **kw)
     tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", **kw)
     scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler", **kw)
-    # load then cast: works across diffusers/transformers versions (torch_dtype vs dtype)
-    unet, vae, text_encoder = (m.to(device=device, dtype=dtype) for m in (unet, vae, text_encoder))
-    return SDComponents(unet, vae, text_encoder, tokenizer, scheduler, root)
+    return SDComponents(unet.to(device), vae.to(device), text_encoder.to(device, dtype), tokenizer,
+                        scheduler, root)
 
 
 def _write_tiny_tokenizer(folder: Path, max_length: int = 77) -> None:
@@ -159,10 +161,11 @@ def build_tiny_sd(tmp_dir, prediction_type: str = "v_prediction", width: int = 3
                        ("scheduler", scheduler)):
         part.save_pretrained(root / name)
     _write_tiny_tokenizer(root / "tokenizer")
-    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-             "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDPMScheduler"],
-             "text_encoder": ["transformers", "CLIPTextModel"],
-             "tokenizer": ["transformers", "CLIPTokenizer"]}
+    lib = {"unet": "diffusers", "vae": "diffusers", "scheduler": "diffusers",
+           "text_encoder": "transformers", "tokenizer": "transformers"}
+    names = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "scheduler": "DDPMScheduler",
+             "text_encoder": "CLIPTextModel", "tokenizer": "CLIPTokenizer"}
+    index = {"_class_name": "StableDiffusionPipeline"} | {k: [lib[k], names[k]] for k in names}
     (root / "model_index.json").write_text(json.dumps(index, indent=2))
     return root
 
@@ -182,9 +185,10 @@ class SDConditional(nn.Module):
             raise ValueError(f"mode must be in {MODES} and trainable in {TRAINABLE}; "
                              f"got {mode!r}, {trainable!r}")
         self.unet, self.vae, self.text_encoder = parts.unet, parts.vae, parts.text_encoder
-        self.tokenizer, self.scheduler, self.base_path = parts.tokenizer, parts.scheduler, parts.path
-        self.mode, self.trainable, self.generic_prompt = mode, trainable, generic_prompt
-        self.lora_rank, self.lora_alpha, self.cond_dim = lora_rank, lora_alpha or lora_rank, cond_dim
+        self.tokenizer, self.scheduler = parts.tokenizer, parts.scheduler
+        self.base_path, self.mode, self.trainable = parts.path, mode, trainable
+        self.lora_rank, self.lora_alpha = lora_rank, lora_alpha or lora_rank
+        self.cond_dim, self.generic_prompt = cond_dim, generic_prompt
         width = self.unet.config.cross_attention_dim
         if self.text_encoder.config.hidden_size != width:
             raise ValueError(f"text width {self.text_encoder.config.hidden_size} != UNet "
@@ -272,7 +276,12 @@ def save_sd(model: SDConditional, out_dir, provenance: dict | None = None) -> Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if model.trainable == "lora":
-        model.unet.save_lora_adapter(out / LORA_DIR, weight_name=LORA_FILE)
+        level = dlogging.get_verbosity()  # it calls unet.to(dtype=None): a spurious cast warning
+        dlogging.set_verbosity_error()
+        try:
+            model.unet.save_lora_adapter(out / LORA_DIR, weight_name=LORA_FILE)
+        finally:
+            dlogging.set_verbosity(level)
     else:
         model.unet.save_pretrained(out / UNET_DIR)
     if model.conditioner is not None:
@@ -282,8 +291,8 @@ def save_sd(model: SDConditional, out_dir, provenance: dict | None = None) -> Pa
         save_file(state, out / COND_FILE)
     cfg = {"mode": model.mode, "trainable": model.trainable, "lora_rank": model.lora_rank,
            "lora_alpha": model.lora_alpha, "cond_dim": model.cond_dim,
-           "generic_prompt": model.generic_prompt, "base_path": str(model.base_path),
-           "provenance": provenance}
+           "generic_prompt": model.generic_prompt, "provenance": provenance,
+           "base_path": str(Path(model.base_path).resolve())}
     (out / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, default=str))
     return out
 
@@ -306,7 +315,8 @@ def load_sd(out_dir, base_path=None, device="cpu", dtype=torch.float32) -> SDCon
     if model.conditioner is not None:
         state = load_file(out / COND_FILE, device=str(model.unet.device))
         for name in ("conditioner", "proj"):
-            sub = {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
+            prefix = f"{name}."
+            sub = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
             getattr(model, name).load_state_dict(sub)
     return model
 
@@ -319,7 +329,7 @@ def _twice(x: torch.Tensor | None) -> torch.Tensor | None:
 def sample_sd(model: SDConditional, fst=None, lesion=None, n: int | None = None, steps: int = 25,
               guidance: float = 0.5, generator=None, size: int | None = None,
               eta: float = 0.0) -> torch.Tensor:
-    """DDIM in latent space with classifier-free guidance, decoded → (B, 3, size, size) in [-1, 1].
+    """DDIM in latent space with classifier-free guidance, decoded: (B, 3, size, size) in [-1, 1].
 
     ``fst``/``lesion``: (B,) tensors or None (null); ``n``: batch size when both are None.
     Guidance follows ``DiffusionConfig.guidance``: cond + w·(cond − uncond), where uncond drops
@@ -333,13 +343,14 @@ def sample_sd(model: SDConditional, fst=None, lesion=None, n: int | None = None,
     device = model.unet.device
     fst = None if fst is None else torch.as_tensor(fst, device=device)
     lesion = None if lesion is None else torch.as_tensor(lesion, device=device)
-    side = (size or model.unet.config.sample_size * model.vae_scale_factor) // model.vae_scale_factor
+    f = model.vae_scale_factor
+    side = (size or model.unet.config.sample_size * f) // f
     sched = DDIMScheduler.from_config(model.scheduler.config)
     sched.set_timesteps(steps, device=device)
-    shape = (b, model.unet.config.in_channels, side, side)
-    z = randn_tensor(shape, generator=generator, device=device, dtype=model.unet.dtype)
-    z = z * sched.init_noise_sigma
-    drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(device)
+    z = sched.init_noise_sigma * randn_tensor((b, model.unet.config.in_channels, side, side),
+                                              generator=generator, device=device,
+                                              dtype=model.unet.dtype)
+    drop = torch.arange(2 * b, device=device) >= b  # second half: unconditional
     was_training = model.training
     model.eval()
     for t in sched.timesteps:

@@ -20,6 +20,11 @@ def sample(model: torch.nn.Module, train_scheduler, fst: torch.Tensor | None, le
            sampler: str = "ddim", seed: int = 0, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
     """Draw images for requested labels. ``fst`` (B,) in 1..6 or None (not conditioned),
     ``lesion`` (B,) index into ``schema.LESIONS`` or None. Returns (B, 3, size, size) in [-1, 1]."""
+    if hasattr(model, "decode_latents"):  # Stable Diffusion: sample in latent space, decode
+        from bmglib.model_sd import sample_sd
+
+        return sample_sd(model, fst, lesion, n=n, steps=steps, guidance=guidance,
+                         generator=torch.Generator().manual_seed(seed))
     ref = fst if fst is not None else lesion
     total = len(ref) if ref is not None else n
     if total is None:

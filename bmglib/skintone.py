@@ -281,3 +281,13 @@ def get_fst_estimator(kind: str, train_df, val_df, size: int, epochs: int = 6, s
     for p in model.parameters():
         p.requires_grad_(False)
     return model, report
+
+
+@torch.no_grad()
+def evaluate_estimator(estimator: torch.nn.Module, x: torch.Tensor, fst: torch.Tensor):
+    """Accuracy and confusion (true × predicted, 6×6) of an estimator on images (N,3,H,W) in [-1, 1]."""
+    import pandas as pd
+
+    pred = torch.cat([estimator(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)]) + 1
+    conf = pd.crosstab(pd.Series(fst.numpy(), name="true"), pd.Series(pred.numpy(), name="predicted"))
+    return float((pred == fst).float().mean()), conf.reindex(index=range(1, 7), columns=range(1, 7), fill_value=0)

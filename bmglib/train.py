@@ -57,9 +57,27 @@ def build_model(d: config.DiffusionConfig) -> torch.nn.Module:
 
         if not d.sd_path:
             raise ValueError("diffusion.backbone='sd' needs diffusion.sd_path: a local diffusers SD folder")
-        return model_sd.SDConditional.from_pretrained_path(d.sd_path, trainable=d.sd_trainable,
-                                                           lora_rank=d.lora_rank, cond_dim=d.cond_dim)
+        return model_sd.build_sd(d.sd_path, mode=d.sd_mode, trainable=d.sd_trainable,
+                                 lora_rank=d.lora_rank, cond_dim=d.cond_dim)
     raise ValueError(f"diffusion.backbone must be 'unet' or 'sd', got {d.backbone!r}")
+
+
+def model_scheduler(model: torch.nn.Module, d: config.DiffusionConfig) -> DDPMScheduler:
+    """Stable Diffusion keeps its checkpoint's schedule; the CPU UNet uses :func:`make_scheduler`."""
+    return getattr(model, "scheduler", None) or make_scheduler(d)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights training changes (all of the CPU UNet; LoRA/UNet + conditioner of SD)."""
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if unexpected or trainable & set(missing):
+        raise KeyError(f"checkpoint does not match the model: missing {sorted(trainable & set(missing))[:5]}, "
+                       f"unexpected {unexpected[:5]}")
 
 
 class BatchStream:
@@ -130,7 +148,7 @@ def _save_checkpoint(out_dir, step, model, ema, opt, sched, gen, stream, log_row
     tmp = ck.with_name(ck.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    save_file(trainable_state(model), tmp / "model.safetensors")
     torch.save({"ema": ema.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                 "gen": gen.get_state(), "stream": stream.state(), "step": step}, tmp / "state.pt")
     pd.DataFrame(log_rows, columns=LOG_COLUMNS).to_csv(tmp / "log.csv", index=False)
@@ -140,10 +158,12 @@ def _save_checkpoint(out_dir, step, model, ema, opt, sched, gen, stream, log_row
     return ck
 
 
-def _fair_terms(model_out, x_t, t, fst_req, d, sched, estimator):
+def _fair_terms(model_out, x_t, t, fst_req, d, sched, estimator, decode=None):
     if estimator is None or (d.lambda_kl == 0 and d.lambda_ce == 0):
         return None
     x0_hat = losses.predict_x0(sched, x_t, t, model_out)
+    if decode is not None:  # latents → pixels for the estimator (only the low-noise samples matter)
+        x0_hat = decode(x0_hat)
     return losses.fairness_terms(x0_hat, t, estimator, d.t_fair, fst_req if d.fst_cond else None)
 
 
@@ -161,10 +181,12 @@ def train_diffusion(cfg: config.Config, train_df: pd.DataFrame, out_dir: str | P
     torch.manual_seed(d.seed)
     accel = Accelerator(gradient_accumulation_steps=d.grad_accum,
                         mixed_precision=d.mixed_precision if torch.cuda.is_available() else "no")
-    model, sched = build_model(d), make_scheduler(d)
-    opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=1e-4)
+    model = build_model(d)
+    sched = model_scheduler(model, d)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=d.lr, weight_decay=1e-4)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(d.warmup_steps, 1)))
-    ema = EMAModel(model.parameters(), decay=d.ema_decay)
+    ema = EMAModel(params, decay=d.ema_decay)
     gen = torch.Generator().manual_seed(d.seed)
     stream = BatchStream(train_df, d, progress)
     start, log_rows = 0, []
@@ -187,7 +209,7 @@ def train_diffusion(cfg: config.Config, train_df: pd.DataFrame, out_dir: str | P
         if not np.isfinite(logs["loss"]):
             raise FloatingPointError(f"loss is {logs['loss']} at step {step + 1}: training stopped; "
                                      f"last good checkpoint: {last_ck or 'none (no checkpoint yet)'}")
-        ema.step(accel.unwrap_model(model).parameters())
+        ema.step(params)
         logs.update(step=step + 1, lr=lr_sched.get_last_lr()[0], seconds=time.perf_counter() - t0)
         log_rows.append([logs[c] for c in LOG_COLUMNS])
         bar.set_postfix(loss=f"{logs['loss']:.4f}")
@@ -198,7 +220,7 @@ def train_diffusion(cfg: config.Config, train_df: pd.DataFrame, out_dir: str | P
             cb(step + 1, logs)
     log = pd.DataFrame(log_rows, columns=LOG_COLUMNS)
     log.to_csv(out_dir / "log.csv", index=False)
-    final = _export_ema(accel.unwrap_model(model), ema, out_dir, cfg, config.hash_table(train_df))
+    final = _export_ema(accel.unwrap_model(model), params, ema, out_dir, cfg, config.hash_table(train_df))
     return TrainRun(final, log, out_dir, start)
 
 
@@ -207,6 +229,10 @@ def _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator) -
     for _ in range(d.grad_accum):
         imgs, fst, lesion = stream.next()
         x0 = augment(imgs.float() / 127.5 - 1.0, gen).to(accel.device)
+        latent = hasattr(accel.unwrap_model(model), "encode_images")
+        if latent:  # Stable Diffusion denoises VAE latents
+            with torch.no_grad():
+                x0 = accel.unwrap_model(model).encode_images(x0, generator=gen)
         noise = torch.randn(x0.shape, generator=gen).to(accel.device)
         t = torch.randint(0, d.num_train_timesteps, (len(x0),), generator=gen).to(accel.device)
         drop_f = torch.rand(len(x0), generator=gen) < d.p_drop
@@ -217,7 +243,8 @@ def _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator) -
         with accel.accumulate(model):
             out = model(x_t, t, fst.to(accel.device), lesion.to(accel.device), drop_f, drop_l)
             den = losses.denoising_loss(out, losses.training_target(sched, x0, noise, t))
-            fair = _fair_terms(out, x_t, t, fst.to(accel.device), d, sched, estimator)
+            decode = accel.unwrap_model(model).decode_latents if latent else None
+            fair = _fair_terms(out, x_t, t, fst.to(accel.device), d, sched, estimator, decode)
             loss = den if fair is None else den + d.lambda_kl * fair.kl + d.lambda_ce * fair.ce
             accel.backward(loss)
             if accel.sync_gradients:
@@ -236,7 +263,7 @@ def _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator) -
 
 
 def _load_checkpoint(ck: Path, model, ema, opt, lr_sched, gen, stream):
-    model.load_state_dict(load_file(ck / "model.safetensors"))
+    load_trainable_state(model, load_file(ck / "model.safetensors"))
     st = torch.load(ck / "state.pt", weights_only=False)
     ema.load_state_dict(st["ema"])
     opt.load_state_dict(st["opt"])
@@ -247,20 +274,19 @@ def _load_checkpoint(ck: Path, model, ema, opt, lr_sched, gen, stream):
     return int(st["step"]), rows
 
 
-def _export_ema(model, ema, out_dir: Path, cfg: config.Config, dataset_hash: str) -> torch.nn.Module:
+def _export_ema(model, params, ema, out_dir: Path, cfg: config.Config, dataset_hash: str) -> torch.nn.Module:
     """Write ``final/`` (EMA weights, config, provenance) and return the EMA model in eval mode."""
-    ema.store(model.parameters())
-    ema.copy_to(model.parameters())
+    ema.store(params)
+    ema.copy_to(params)
     final = out_dir / "final"
     final.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
-              final / "model.safetensors")
+    save_file({k: v.clone() for k, v in trainable_state(model).items()}, final / "model.safetensors")
     (final / "config.json").write_text(json.dumps(config.to_dict(cfg), indent=2))
     config.write_provenance(final / "provenance.json",
                             config.provenance(cfg, dataset_hash=dataset_hash, seed=cfg.diffusion.seed))
     exported = build_model(cfg.diffusion)
-    exported.load_state_dict(load_file(final / "model.safetensors"))
-    ema.restore(model.parameters())
+    load_trainable_state(exported, load_file(final / "model.safetensors"))
+    ema.restore(params)
     return exported.eval()
 
 
@@ -275,5 +301,34 @@ def load_trained(run_dir: str | Path) -> tuple[torch.nn.Module, config.Config]:
                         probe=config.ProbeConfig(**raw["probe"]),
                         diffusion=config.DiffusionConfig(**raw["diffusion"]))
     model = build_model(cfg.diffusion)
-    model.load_state_dict(load_file(final / "model.safetensors"))
+    load_trainable_state(model, load_file(final / "model.safetensors"))
     return model.eval(), cfg
+
+
+def train_variant(cfg: config.Config, meta: pd.DataFrame, progress: bool = True):
+    """What notebook 02 calls: the variant ``cfg.diffusion.variant`` trained on the prepared
+    table's ``train`` split, in ``paths.run_dir(profile, variant)``.
+
+    Skips training when ``final/`` holds a model of the same resolved config and data; otherwise
+    trains or resumes from the last checkpoint. Returns ``(TrainRun, estimator_report)``.
+    """
+    from bmglib import paths, skintone
+
+    d = cfg.diffusion
+    train_df = meta[meta["split"] == "train"].reset_index(drop=True)
+    val_df = meta[meta["split"] == "val"].reset_index(drop=True)
+    out = paths.run_dir(cfg.profile, d.variant)
+    est, report = None, {"kind": "none"}
+    if d.lambda_kl > 0 or d.lambda_ce > 0:
+        est, report = skintone.get_fst_estimator(d.estimator, train_df, val_df, d.image_size,
+                                                 d.estimator_epochs, d.seed, progress)
+    final = out / "final"
+    if (final / "config.json").exists() and (final / "provenance.json").exists():
+        same_cfg = json.loads((final / "config.json").read_text()) == config.to_dict(cfg)
+        same_data = json.loads((final / "provenance.json").read_text())["dataset_hash"] == config.hash_table(train_df)
+        if same_cfg and same_data:
+            model, _ = load_trained(out)
+            return TrainRun(model, pd.read_csv(out / "log.csv"), out, d.steps), report
+    if (final / "config.json").exists():  # a different config or dataset: start afresh
+        shutil.rmtree(out)
+    return train_diffusion(cfg, train_df, out, estimator=est, progress=progress), report

@@ -24,6 +24,15 @@ FST = torch.tensor([1, 3, 6, -1])
 LESION = torch.tensor([0, 1, 2, 3])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on 2 shared cores, 2 threads made these tiny steps 3-30x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):
     return build_tiny_sd(tmp_path_factory.mktemp("sd"))
@@ -55,12 +64,15 @@ def test_prompt_for():
 
 
 def test_context_shapes(tiny_sd):
-    model = build_sd(tiny_sd, "append", "lora", lora_rank=2, cond_dim=16)
-    assert model.context(FST, LESION, 4).shape == (4, 77 + 2, 32)
-    model.mode = "labels"
-    null = model.context(FST, LESION, 4, torch.ones(4, dtype=torch.bool), torch.ones(4, dtype=torch.bool))
+    append = build_sd(tiny_sd, "append", "lora", lora_rank=2, cond_dim=16)
+    assert append.context(FST, LESION, 4).shape == (4, 77 + 2, 32)  # generic prompt + 2 tokens
+    labels = build_sd(tiny_sd, "labels", "lora", lora_rank=2, cond_dim=16)
+    everything = torch.ones(4, dtype=torch.bool)
+    null = labels.context(FST, LESION, 4, drop_fst=everything, drop_lesion=everything)
     assert null.shape == (4, 2, 32)
-    torch.testing.assert_close(null, model.context(None, None, 4))
+    torch.testing.assert_close(null, labels.context(None, None, 4))  # dropped = null tokens
+    prompt = build_sd(tiny_sd, "prompt", "lora", lora_rank=2)
+    assert prompt.context(FST, LESION, 4).shape == (4, 77, 32)
 
 
 def _train(model, steps: int = 3) -> None:
