@@ -13,6 +13,11 @@ STAMP := $(VENV)/.installed
 SHARED_REAL ?= $(abspath ../shared/data/real)
 # the diffusion variants notebook 02 trains in `make paper` (the ones later notebooks read)
 PAPER_VARIANTS ?= bmg standard
+# real data / GPU users: make paper PROFILE=paper DATASET=fitzpatrick17k IMAGE_DIR=... SD_PATH=...
+DATASET ?= synthetic
+IMAGE_DIR ?=
+SD_PATH ?=
+NB_ARGS := -p PROFILE $(PROFILE) -p DATASET $(DATASET)
 
 .PHONY: help venv test test-fast test-notebooks test-slow paper data data-fitzpatrick17k benchmark lint clean
 
@@ -52,10 +57,12 @@ paper: $(STAMP) ## run every notebook with papermill for PROFILE (default quick)
 		case $$name in \
 		02_*) for v in $(PAPER_VARIANTS); do \
 			echo "== $$nb (PROFILE=$(PROFILE) VARIANT=$$v)"; \
-			$(VENV)/bin/papermill --cwd notebooks -p PROFILE $(PROFILE) -p VARIANT $$v $$nb build/$(PROFILE)/$${name}__$$v.ipynb; \
+			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANT $$v -p SD_PATH "$(SD_PATH)" $$nb build/$(PROFILE)/$${name}__$$v.ipynb; \
 		done ;; \
+		01_*) echo "== $$nb (PROFILE=$(PROFILE))"; \
+			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p IMAGE_DIR "$(IMAGE_DIR)" $$nb build/$(PROFILE)/$$name.ipynb ;; \
 		*) echo "== $$nb (PROFILE=$(PROFILE))"; \
-			$(VENV)/bin/papermill --cwd notebooks -p PROFILE $(PROFILE) $$nb build/$(PROFILE)/$$name.ipynb ;; \
+			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) $$nb build/$(PROFILE)/$$name.ipynb ;; \
 		esac; \
 	done
 	@echo "executed notebooks: build/$(PROFILE)/  figures: figures/$(PROFILE)/"

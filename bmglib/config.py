@@ -78,6 +78,7 @@ class DiffusionConfig:
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 50
+    lr_schedule: str = "cosine"  # cosine (decay to 0 after warm-up) | constant
     grad_accum: int = 1
     mixed_precision: str = "no"  # no | fp16 | bf16 (where the device supports it)
     ema_decay: float = 0.995

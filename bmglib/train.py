@@ -62,6 +62,18 @@ def build_model(d: config.DiffusionConfig) -> torch.nn.Module:
     raise ValueError(f"diffusion.backbone must be 'unet' or 'sd', got {d.backbone!r}")
 
 
+def lr_factor(step: int, d: config.DiffusionConfig) -> float:
+    """Linear warm-up, then constant or a cosine decay to zero at ``d.steps``."""
+    if step < d.warmup_steps:
+        return (step + 1) / d.warmup_steps
+    if d.lr_schedule == "constant":
+        return 1.0
+    if d.lr_schedule == "cosine":
+        progress = (step - d.warmup_steps) / max(1, d.steps - d.warmup_steps)
+        return 0.5 * (1 + np.cos(np.pi * min(1.0, progress)))
+    raise ValueError(f"diffusion.lr_schedule must be 'cosine' or 'constant', got {d.lr_schedule!r}")
+
+
 def model_scheduler(model: torch.nn.Module, d: config.DiffusionConfig) -> DDPMScheduler:
     """Stable Diffusion keeps its checkpoint's schedule; the CPU UNet uses :func:`make_scheduler`."""
     return getattr(model, "scheduler", None) or make_scheduler(d)
@@ -185,7 +197,7 @@ def train_diffusion(cfg: config.Config, train_df: pd.DataFrame, out_dir: str | P
     sched = model_scheduler(model, d)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=d.lr, weight_decay=1e-4)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(d.warmup_steps, 1)))
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, d))
     ema = EMAModel(params, decay=d.ema_decay)
     gen = torch.Generator().manual_seed(d.seed)
     stream = BatchStream(train_df, d, progress)
@@ -332,3 +344,33 @@ def train_variant(cfg: config.Config, meta: pd.DataFrame, progress: bool = True)
     if (final / "config.json").exists():  # a different config or dataset: start afresh
         shutil.rmtree(out)
     return train_diffusion(cfg, train_df, out, estimator=est, progress=progress), report
+
+
+def main(argv=None) -> None:
+    """``python -m bmglib.train`` or, on several GPUs, ``accelerate launch -m bmglib.train``."""
+    import argparse
+    import ast
+
+    from bmglib.data import prepare
+
+    ap = argparse.ArgumentParser(prog="python -m bmglib.train", description="train one diffusion variant")
+    ap.add_argument("--profile", default="quick", choices=list(config.PROFILES))
+    ap.add_argument("--variant", default="bmg", choices=list(config.VARIANTS))
+    ap.add_argument("--dataset", default="synthetic", help="a dataset notebook 01 prepared")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="strict overrides, e.g. diffusion.sd_path=/models/sd15 diffusion.steps=500")
+    a = ap.parse_args(argv)
+    overrides = {}
+    for item in a.set:
+        key, _, raw = item.partition("=")
+        try:
+            overrides[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            overrides[key] = raw  # a plain string such as a path
+    cfg = config.with_variant(config.get_config(a.profile, overrides), a.variant)
+    run, _ = train_variant(cfg, prepare.load_prepared(a.profile, a.dataset))
+    print(f"{a.variant}: {len(run.log)} steps → {run.out_dir / 'final'}")
+
+
+if __name__ == "__main__":
+    main()
