@@ -78,7 +78,7 @@ class DiffusionConfig:
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 50
-    lr_schedule: str = "cosine"  # cosine (decay to 0 after warm-up) | constant
+    lr_schedule: str = "constant"  # constant | cosine (decay to 0 after warm-up)
     grad_accum: int = 1
     mixed_precision: str = "no"  # no | fp16 | bf16 (where the device supports it)
     ema_decay: float = 0.995
@@ -87,8 +87,8 @@ class DiffusionConfig:
     alpha: float = 1.0  # resampling: weight ∝ n_cell^-alpha (0 natural, 1 balanced)
     repeat_cap: int = 0  # max draws of one image per epoch (0 = no cap)
     lambda_kl: float = 0.5  # fairness loss: KL(target ‖ batch-mean estimated FST)
-    lambda_ce: float = 0.0  # fairness loss: per-sample CE to the requested FST
-    t_fair: int = 300  # fairness loss only for t ≤ t_fair
+    lambda_ce: float = 0.5  # fairness loss: per-sample CE to the requested FST (0 = KL only)
+    t_fair: int = 400  # fairness loss only for t ≤ t_fair
     estimator: str = "cnn"  # frozen FST estimator of the fairness loss: cnn | ita
     estimator_epochs: int = 6
     checkpoint_every: int = 200
@@ -149,7 +149,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         "diffusion.mixed_precision": "fp16",
         "diffusion.ema_decay": 0.9999,
         "diffusion.checkpoint_every": 1000,
-        "diffusion.t_fair": 400,
     },
 }
 

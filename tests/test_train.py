@@ -59,9 +59,9 @@ def test_fairness_gradients_reach_the_unet():
 def test_lambda_zero_switches_the_fairness_loss_off_exactly(tiny_synthetic, tmp_path):
     pool, _ = tiny_synthetic
     est = skintone.ITAEstimator()
-    off = train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 0.0}), pool, tmp_path / "off",
+    off = train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 0.0, "diffusion.lambda_ce": 0.0}), pool, tmp_path / "off",
                                 estimator=est, progress=False)
-    train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 0.0}), pool, tmp_path / "none",
+    train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 0.0, "diffusion.lambda_ce": 0.0}), pool, tmp_path / "none",
                           estimator=None, progress=False)
     on = train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 5.0}), pool, tmp_path / "on",
                                estimator=est, progress=False)
@@ -78,7 +78,7 @@ RUNNER = textwrap.dedent("""
     pool = pd.read_csv(sys.argv[1])
     out, marker = pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
     cfg = config.get_config("smoke", {{"diffusion.steps": 6, "diffusion.batch_size": 4,
-        "diffusion.checkpoint_every": 3, "diffusion.base_channels": 16, "diffusion.lambda_kl": 0.0}})
+        "diffusion.checkpoint_every": 3, "diffusion.base_channels": 16, "diffusion.lambda_kl": 0.0, "diffusion.lambda_ce": 0.0}})
     def stall(step, logs):
         if step == 4:
             marker.write_text("at 4")
@@ -107,7 +107,7 @@ def test_killed_run_resumes_to_identical_weights(tiny_synthetic, tmp_path):
     assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["step_0000003"]
     cfg = config.get_config("smoke", {"diffusion.steps": 6, "diffusion.batch_size": 4,
                                       "diffusion.checkpoint_every": 3, "diffusion.base_channels": 16,
-                                      "diffusion.lambda_kl": 0.0})
+                                      "diffusion.lambda_kl": 0.0, "diffusion.lambda_ce": 0.0})
     resumed = train.train_diffusion(cfg, pool, tmp_path / "killed", progress=False)
     straight = train.train_diffusion(cfg, pool, tmp_path / "straight", progress=False)
     assert resumed.resumed_from == 3 and straight.resumed_from == 0
@@ -120,7 +120,7 @@ def test_killed_run_resumes_to_identical_weights(tiny_synthetic, tmp_path):
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tiny_synthetic, tmp_path):
     pool, _ = tiny_synthetic
-    cfg = _cfg(**{"diffusion.lambda_kl": 0.0, "diffusion.steps": 5})
+    cfg = _cfg(**{"diffusion.lambda_kl": 0.0, "diffusion.lambda_ce": 0.0, "diffusion.steps": 5})
 
     def poison(step, logs):
         if step == 2:  # after the step-2 checkpoint, make every weight NaN
@@ -159,7 +159,7 @@ def test_variants_switch_components():
 
 def test_trained_model_reloads_from_its_config(tiny_synthetic, tmp_path):
     pool, _ = tiny_synthetic
-    run = train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 0.0}), pool, tmp_path / "r", progress=False)
+    run = train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 0.0, "diffusion.lambda_ce": 0.0}), pool, tmp_path / "r", progress=False)
     model, cfg = train.load_trained(tmp_path / "r")
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([5, 500])
     f, les = torch.tensor([2, 5]), torch.tensor([0, 3])
@@ -194,3 +194,11 @@ def test_stable_diffusion_backbone_trains_resumes_and_samples(tiny_synthetic, tm
     assert again.resumed_from == 2
     b = load_file(tmp_path / "sd" / "final" / "model.safetensors")
     assert max((saved[k] - b[k]).abs().max().item() for k in saved) <= 1e-6
+
+
+def test_lr_schedule():
+    d = _cfg(**{"diffusion.steps": 100, "diffusion.warmup_steps": 10, "diffusion.lr_schedule": "cosine"}).diffusion
+    assert train.lr_factor(0, d) == pytest.approx(0.1) and train.lr_factor(10, d) == pytest.approx(1.0)
+    assert train.lr_factor(55, d) == pytest.approx(0.5) and train.lr_factor(100, d) == pytest.approx(0.0)
+    const = _cfg(**{"diffusion.steps": 100, "diffusion.warmup_steps": 10}).diffusion
+    assert const.lr_schedule == "constant" and train.lr_factor(90, const) == 1.0
