@@ -5,8 +5,6 @@ Every figure function returns its ``matplotlib`` Figure and, given ``save_to``, 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -15,15 +13,9 @@ from tqdm.auto import tqdm
 
 from bmglib import skintone
 from bmglib.data import images, schema
+from bmglib.report import save
 
 ROMAN = [schema.FST_ROMAN[f] for f in schema.FST_LEVELS]
-
-
-def _save(fig, save_to: Path | None):
-    if save_to is not None:
-        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(save_to, dpi=120, bbox_inches="tight")
-    return fig
 
 
 def plot_cell_table(table: pd.DataFrame, ratios: pd.Series, title: str, save_to=None):
@@ -33,7 +25,7 @@ def plot_cell_table(table: pd.DataFrame, ratios: pd.Series, title: str, save_to=
     data = table.set_axis(cols, axis=1).set_axis([schema.FST_ROMAN[i] for i in table.index], axis=0)
     sns.heatmap(np.log10(data.clip(lower=1)), annot=data, fmt="d", cmap="mako_r", cbar=False, ax=ax)
     ax.set(xlabel="lesion", ylabel="Fitzpatrick skin type", title=title)
-    return _save(fig, save_to)
+    return save(fig, save_to)
 
 
 def melanoma_by_fst(df: pd.DataFrame) -> pd.DataFrame:
@@ -54,7 +46,7 @@ def plot_melanoma_by_fst(table: pd.DataFrame, title: str, save_to=None):
     for i, (n, m) in enumerate(zip(table["n"], table["n_melanoma"], strict=True)):
         ax.annotate(f"{m}/{n}", (i, m), ha="center", va="bottom", fontsize=8)
     ax.set(xlabel="FST", ylabel="melanoma images", title=title)
-    return _save(fig, save_to)
+    return save(fig, save_to)
 
 
 def ita_table(df: pd.DataFrame, per_fst: int = 60, size: int = 128, seed: int = 0,
@@ -81,7 +73,7 @@ def plot_ita_by_fst(ita: pd.DataFrame, title: str, save_to=None):
     near = ((ita["fst_ita"] - ita["fitzpatrick_scale"]).abs() <= 1).mean()
     ax.set(xlabel="labelled FST", ylabel="ITA (°)",
            title=f"{title}\nITA→FST exact {exact:.0%}, ±1 {near:.0%} (n={len(ita)})")
-    return _save(fig, save_to)
+    return save(fig, save_to)
 
 
 def image_grid(df: pd.DataFrame, per_cell: int = 2, size: int = 64, seed: int = 0, save_to=None):
@@ -104,7 +96,7 @@ def image_grid(df: pd.DataFrame, per_cell: int = 2, size: int = 64, seed: int = 
                 if j == 0 and k == 0:
                     ax.set_ylabel(schema.FST_ROMAN[fst])
     fig.tight_layout(pad=0.2)
-    return _save(fig, save_to)
+    return save(fig, save_to)
 
 
 def annotator_agreement(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -122,7 +114,7 @@ def plot_agreement(table: pd.DataFrame, summary: dict, save_to=None):
     ax.set(xlabel="fitzpatrick_centaur", ylabel="fitzpatrick_scale",
            title=f"FST annotations agree: exact {summary['exact']:.0%}, ±1 {summary['within_1']:.0%}"
                  f" (n={summary['n']})")
-    return _save(fig, save_to)
+    return save(fig, save_to)
 
 
 def plot_probe(per_fst: pd.DataFrame, gap: dict, title: str, save_to=None):
@@ -136,7 +128,7 @@ def plot_probe(per_fst: pd.DataFrame, gap: dict, title: str, save_to=None):
     ax.set(ylim=(0, 1.05), xlabel="FST", ylabel="melanoma sensitivity",
            title=f"{title}\ngap I–III − IV–VI = {gap['gap']:+.3f} "
                  f"[{gap['ci_low']:+.3f}, {gap['ci_high']:+.3f}] (melanomas {gap['n_pos_a']} vs {gap['n_pos_b']})")
-    return _save(fig, save_to)
+    return save(fig, save_to)
 
 
 def plot_ita_histogram(ita: np.ndarray, title: str, save_to=None):
@@ -147,4 +139,4 @@ def plot_ita_histogram(ita: np.ndarray, title: str, save_to=None):
     fst = skintone.ita_to_fst(ita)
     counts = ", ".join(f"{schema.FST_ROMAN[f]}:{int((fst == f).sum())}" for f in schema.FST_LEVELS)
     ax.set(xlabel="ITA (°)", ylabel="images", title=f"{title} (n={len(ita)})\nITA-estimated FST {counts}")
-    return _save(fig, save_to)
+    return save(fig, save_to)

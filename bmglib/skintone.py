@@ -200,7 +200,6 @@ def train_fst_estimator(x: torch.Tensor, fst: torch.Tensor, x_val: torch.Tensor,
     Returns ``(model in eval mode, val accuracy, val confusion (6×6 DataFrame: true × predicted))``.
     Augmentation is flips and 90° rotations only (colour jitter would change the label).
     """
-    import pandas as pd
     from tqdm.auto import tqdm
 
     from bmglib.classify import augment
@@ -222,11 +221,7 @@ def train_fst_estimator(x: torch.Tensor, fst: torch.Tensor, x_val: torch.Tensor,
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    with torch.no_grad():
-        pred = torch.cat([model(x_val[i:i + 256]).argmax(1) for i in range(0, len(x_val), 256)]) + 1
-    acc = float((pred == fst_val).float().mean())
-    conf = pd.crosstab(pd.Series(fst_val.numpy(), name="true"), pd.Series(pred.numpy(), name="predicted"))
-    conf = conf.reindex(index=range(1, 7), columns=range(1, 7), fill_value=0)
+    acc, conf = evaluate_estimator(model, x_val, fst_val)
     return model, acc, conf
 
 

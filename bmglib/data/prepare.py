@@ -44,6 +44,13 @@ class PreparedData:
         return self.metadata[self.metadata["split"] == name].reset_index(drop=True)
 
 
+def _no_problems() -> pd.DataFrame:
+    """An empty image report (the columns ``images.check_images`` writes)."""
+    from bmglib.data.images import REPORT_COLUMNS
+
+    return pd.DataFrame(columns=list(REPORT_COLUMNS))
+
+
 def _synthetic(cfg: config.Config, progress: bool):
     d = cfg.data
     root = paths.synthetic_dir(cfg.profile, d.seed)
@@ -54,7 +61,7 @@ def _synthetic(cfg: config.Config, progress: bool):
     s = splits.make_splits(pool, test_per_fst=0, val_fraction=d.val_fraction, seed=d.seed)
     pool = pool.merge(s, on="md5hash", how="left")
     meta = pd.concat([pool, test.assign(split="test")], ignore_index=True)
-    return meta, pd.DataFrame(columns=["row", "path", "reason"]), 0, True, []
+    return meta, _no_problems(), 0, True, []
 
 
 def _real(cfg: config.Config, dataset: str, data_path, image_dir, column_map, progress: bool):
@@ -71,7 +78,7 @@ def _real(cfg: config.Config, dataset: str, data_path, image_dir, column_map, pr
         raise ValueError(f"{dataset}: every row has an unknown FST and the policy is "
                          f"{cfg.data.unknown_fst!r}; nothing is left to audit")
     has_images = bool((df["image_path"] != "").any())
-    report = pd.DataFrame(columns=["row", "path", "reason"])
+    report = _no_problems()
     if has_images:
         df, report = images.check_images(df)
     # DDI knows FST only as ranges (1-2, 3-4, 5-6): balance and stratify on the range instead
