@@ -202,3 +202,10 @@ def test_lr_schedule():
     assert train.lr_factor(55, d) == pytest.approx(0.5) and train.lr_factor(100, d) == pytest.approx(0.0)
     const = _cfg(**{"diffusion.steps": 100, "diffusion.warmup_steps": 10}).diffusion
     assert const.lr_schedule == "constant" and train.lr_factor(90, const) == 1.0
+
+
+def test_fst_distribution_of_unconditioned_samples():
+    from bmglib.metrics import adherence
+
+    t = adherence.fst_distribution(np.array([2, 2, 3, 6]))
+    assert list(t["n"]) == [0, 2, 1, 0, 0, 1] and t["share"].sum() == pytest.approx(1.0)

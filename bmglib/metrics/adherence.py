@@ -35,3 +35,9 @@ def confusion(requested: np.ndarray, estimated: np.ndarray) -> pd.DataFrame:
     """Requested (rows) × estimated (columns) counts, FST 1..6."""
     t = pd.crosstab(pd.Series(requested, name="requested"), pd.Series(estimated, name="estimated"))
     return t.reindex(index=range(1, 7), columns=range(1, 7), fill_value=0)
+
+
+def fst_distribution(estimated: np.ndarray) -> pd.DataFrame:
+    """What a model draws when FST is not requested: n and share per ITA-estimated FST 1..6."""
+    counts = pd.Series(np.asarray(estimated)).value_counts().reindex(range(1, 7), fill_value=0)
+    return pd.DataFrame({"n": counts, "share": counts / max(int(counts.sum()), 1)}).rename_axis("estimated_fst")
