@@ -235,3 +235,82 @@ class CellBalancedSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+# --- the quota planner for synthetic top-ups ---------------------------------------------------
+
+QUOTA_POLICIES = ("top_up", "fixed_total", "per_cell")
+
+
+def plan_quota(df: pd.DataFrame, policy: str = "top_up", per_cell: int = 0,
+               max_ratio: float | None = 10.0, budget: int | None = None,
+               lesions: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """How many synthetic images to draw per FST × lesion cell of the real training table ``df``.
+
+    Policies:
+
+    * ``top_up`` — every cell of a lesion is filled up to that lesion's largest FST cell;
+    * ``fixed_total`` — every cell is filled up to ``per_cell`` images (real + synthetic);
+    * ``per_cell`` — ``per_cell`` synthetic images in every cell, whatever the real count
+      (an evaluation set, balanced per cell).
+
+    ``max_ratio`` caps synthetic:real per cell (gains level off past ~10:1 in the literature; an
+    empty real cell then gets none); ``budget`` caps the total, scaling every cell down in
+    proportion (largest-remainder rounding); ``lesions`` restricts the plan to some lesion types.
+
+    Returns:
+        one row per cell, FST-major: ``fitzpatrick_scale``, ``lesion``, ``n_real``, ``target``
+        (wanted before the caps), ``n_synthetic``, ``ratio`` (synthetic:real, NaN for empty
+        cells), ``capped`` (the ratio cap bound), ``scaled`` (the budget bound).
+    """
+    if policy not in QUOTA_POLICIES:
+        raise ValueError(f"policy must be one of {QUOTA_POLICIES}, got {policy!r}")
+    if policy != "top_up" and per_cell < 1:
+        raise ValueError(f"policy {policy!r} needs per_cell >= 1, got {per_cell}")
+    if max_ratio is not None and max_ratio < 0:
+        raise ValueError(f"max_ratio must be >= 0 or None, got {max_ratio}")
+    if budget is not None and budget < 0:
+        raise ValueError(f"budget must be >= 0 or None, got {budget}")
+    bad = sorted(set(lesions or ()) - set(schema.LESIONS))
+    if bad:
+        raise ValueError(f"lesions {bad} are not in {schema.LESIONS}")
+    plan = cell_counts(df).rename("n_real").reset_index()
+    if policy == "top_up":
+        wanted = plan.groupby("lesion")["n_real"].transform("max")
+    else:
+        wanted = pd.Series(per_cell, index=plan.index)
+    plan["target"] = wanted if policy == "per_cell" else (wanted - plan["n_real"]).clip(lower=0)
+    if lesions is not None:
+        plan.loc[~plan["lesion"].isin(lesions), "target"] = 0
+    n = plan["target"].to_numpy(dtype=np.int64)
+    plan["capped"] = False
+    if max_ratio is not None:
+        cap = np.floor(max_ratio * plan["n_real"].to_numpy()).astype(np.int64)
+        plan["capped"] = n > cap
+        n = np.minimum(n, cap)
+    plan["scaled"] = False
+    if budget is not None and n.sum() > budget:
+        exact = n * budget / n.sum()
+        scaled = np.floor(exact).astype(np.int64)
+        for i in np.argsort(-(exact - scaled), kind="stable")[: budget - scaled.sum()]:
+            scaled[i] += 1
+        plan["scaled"] = scaled < n
+        n = scaled
+    plan["n_synthetic"] = n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plan["ratio"] = np.where(plan["n_real"] > 0, n / plan["n_real"].to_numpy(), np.nan)
+    return plan[["fitzpatrick_scale", "lesion", "n_real", "target", "n_synthetic", "ratio",
+                 "capped", "scaled"]]
+
+
+def plan_summary(plan: pd.DataFrame) -> pd.DataFrame:
+    """A plan as an FST × lesion table of ``real + synthetic`` strings, with row/column totals."""
+    cell = plan.assign(text=[f"{r} + {s}" for r, s in zip(plan["n_real"], plan["n_synthetic"],
+                                                          strict=True)])
+    table = cell.pivot(index="fitzpatrick_scale", columns="lesion", values="text")
+    table = table.reindex(columns=[les for les in schema.LESIONS if les in table.columns])
+    totals = plan.groupby("fitzpatrick_scale")[["n_real", "n_synthetic"]].sum()
+    table["all"] = [f"{r} + {s}" for r, s in zip(totals["n_real"], totals["n_synthetic"], strict=True)]
+    table.index = [schema.FST_ROMAN[f] for f in table.index]
+    table.index.name = "FST"
+    return table

@@ -71,7 +71,7 @@ class DiffusionConfig:
     image_size: int = 32
     base_channels: int = 32  # UNet channels per level: (c, 2c, 2c)
     cond_dim: int = 64  # label-token width
-    pooled_cond: bool = True  # also add the mean label token to the time embedding
+    pooled_cond: str = "mean"  # added to the time embedding: mean of the tokens | joint | none
     prediction_type: str = "v_prediction"  # v_prediction | epsilon
     num_train_timesteps: int = 1000
     steps: int = 1200
@@ -80,6 +80,7 @@ class DiffusionConfig:
     warmup_steps: int = 50
     lr_schedule: str = "constant"  # constant | cosine (decay to 0 after warm-up)
     grad_accum: int = 1
+    fg_weight: float = 0.0  # denoising loss weight 1 + fg_weight·(colour distance from the skin)
     mixed_precision: str = "no"  # no | fp16 | bf16 (where the device supports it)
     ema_decay: float = 0.995
     p_drop: float = 0.1  # label → null token probability (classifier-free guidance)
@@ -92,8 +93,23 @@ class DiffusionConfig:
     estimator: str = "cnn"  # frozen FST estimator of the fairness loss: cnn | ita
     estimator_epochs: int = 6
     checkpoint_every: int = 200
+    seed: int = 0
+
+
+@dataclass
+class SamplingConfig:
+    """Drawing synthetic sets from a trained variant (03) and the balanced evaluation sets (04)."""
+
+    sampler: str = "dpmpp"  # ddim | dpmpp (DPM-Solver++)
+    steps: int = 20
     guidance: float = 0.5  # classifier-free guidance w: cond + w·(cond − uncond)
-    sample_steps: int = 25
+    batch_size: int = 64
+    policy: str = "top_up"  # quota plan: top_up | fixed_total | per_cell (see balance.plan_quota)
+    per_cell: int = 0  # for fixed_total / per_cell
+    max_ratio: float = 10.0  # cap on synthetic:real per cell (0 = none)
+    budget: int = 0  # cap on the total of the augmentation set, scaled down in proportion (0 = none)
+    lesions: str = ""  # comma-separated lesion types to top up ("" = all)
+    eval_per_cell: int = 20  # balanced evaluation set per FST × lesion cell (04)
     seed: int = 0
 
 
@@ -112,6 +128,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -127,7 +144,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "diffusion.batch_size": 8,
         "diffusion.base_channels": 16,
         "diffusion.checkpoint_every": 3,
-        "diffusion.sample_steps": 4,
+        "sampling.steps": 4,
+        "sampling.batch_size": 16,
+        "sampling.budget": 48,
+        "sampling.eval_per_cell": 2,
         "diffusion.estimator_epochs": 1,
         "diffusion.warmup_steps": 2,
     },
@@ -211,6 +231,15 @@ def with_variant(cfg: Config, variant: str) -> Config:
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Rebuild a stored config (``to_dict``); sections it predates take their defaults, an unknown
+    key is an error."""
+    cfg = Config(profile=raw.get("profile", "quick"))
+    flat = {f"{sec}.{k}": v for sec, values in raw.items() if isinstance(values, dict)
+            for k, v in values.items()}
+    return apply_overrides(cfg, flat)
 
 
 # --- provenance -------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ from bmglib.data import schema
 
 FST_NULL, FST_UNKNOWN_TOKEN = 0, 7  # token ids: 0 = null, 1..6 = FST I..VI, 7 = unknown
 LESION_NULL = 0  # token ids: 0 = null, 1..4 = schema.LESIONS
+#: the vector added to the time embedding: mean of the two tokens | a learned vector per
+#: (FST, lesion) pair | nothing (cross-attention only)
+POOLED_MODES = ("mean", "joint", "none")
 
 
 def fst_tokens(fst: torch.Tensor) -> torch.Tensor:
@@ -38,14 +41,19 @@ class LabelConditioner(nn.Module):
     ``schema.LESIONS`` or None. ``drop_fst``/``drop_lesion``: (B,) bool, True → null token.
     """
 
-    def __init__(self, dim: int = 64):
+    def __init__(self, dim: int = 64, pooled: str = "mean"):
         super().__init__()
-        self.dim = dim
+        if pooled not in POOLED_MODES:
+            raise ValueError(f"pooled must be one of {POOLED_MODES}, got {pooled!r}")
+        self.dim, self.pooled = dim, pooled
         self.fst = nn.Embedding(8, dim)
         self.lesion = nn.Embedding(len(schema.LESIONS) + 1, dim)
         self.pos = nn.Parameter(torch.zeros(2, dim))  # which slot is FST, which is lesion
         nn.init.normal_(self.fst.weight, std=0.3)
         nn.init.normal_(self.lesion.weight, std=0.3)
+        if pooled == "joint":  # one vector per (FST token, lesion token) pair, nulls included
+            self.joint = nn.Embedding(8 * (len(schema.LESIONS) + 1), dim)
+            nn.init.normal_(self.joint.weight, std=0.3)
 
     def forward(self, fst: torch.Tensor | None, lesion: torch.Tensor | None, batch: int | None = None,
                 drop_fst: torch.Tensor | None = None, drop_lesion: torch.Tensor | None = None):
@@ -59,6 +67,8 @@ class LabelConditioner(nn.Module):
         if drop_lesion is not None:
             les = torch.where(drop_lesion.to(device), torch.zeros_like(les), les)
         tokens = torch.stack([self.fst(f), self.lesion(les)], dim=1) + self.pos
+        if self.pooled == "joint":
+            return tokens, self.joint(f * (len(schema.LESIONS) + 1) + les)
         return tokens, tokens.mean(dim=1)
 
 
@@ -69,23 +79,27 @@ class ConditionalUNet(nn.Module):
     prediction (B, C, H, W).
     """
 
-    def __init__(self, unet: UNet2DConditionModel, conditioner: LabelConditioner, pooled: bool = True):
+    def __init__(self, unet: UNet2DConditionModel, conditioner: LabelConditioner):
         super().__init__()
-        self.unet, self.conditioner, self.pooled = unet, conditioner, pooled
+        self.unet, self.conditioner = unet, conditioner
 
     def forward(self, x_t, t, fst=None, lesion=None, drop_fst=None, drop_lesion=None):
         ctx, pooled = self.conditioner(fst, lesion, len(x_t), drop_fst, drop_lesion)
-        kw = {"class_labels": pooled} if self.pooled else {}
+        kw = {"class_labels": pooled} if self.conditioner.pooled != "none" else {}
         return self.unet(x_t, t, encoder_hidden_states=ctx, **kw).sample
 
 
 def build_unet(image_size: int = 32, channels: tuple[int, ...] = (32, 64, 64), cond_dim: int = 64,
-               layers_per_block: int = 1, attention_head_dim: int = 16, pooled: bool = True,
+               layers_per_block: int = 1, attention_head_dim: int = 16, pooled: str = "mean",
                in_channels: int = 3) -> ConditionalUNet:
     """The CPU denoiser: cross-attention only in the lowest-resolution blocks.
 
-    ``channels`` per resolution level (each level halves the size); ``cond_dim`` is the token width.
+    ``channels`` per resolution level (each level halves the size); ``cond_dim`` is the token width;
+    ``pooled`` one of :data:`POOLED_MODES`.
     """
+    if pooled not in POOLED_MODES:
+        raise ValueError(f"pooled must be one of {POOLED_MODES}, got {pooled!r}")
+    use_pooled = pooled != "none"
     n = len(channels)
     down = ["DownBlock2D"] * (n - 1) + ["CrossAttnDownBlock2D"]
     up = ["CrossAttnUpBlock2D"] + ["UpBlock2D"] * (n - 1)
@@ -96,10 +110,10 @@ def build_unet(image_size: int = 32, channels: tuple[int, ...] = (32, 64, 64), c
         cross_attention_dim=cond_dim, attention_head_dim=attention_head_dim,
         norm_num_groups=min(32, channels[0] // 2) if channels[0] < 64 else 32,
         resnet_time_scale_shift="scale_shift",
-        class_embed_type="projection" if pooled else None,
-        projection_class_embeddings_input_dim=cond_dim if pooled else None,
+        class_embed_type="projection" if use_pooled else None,
+        projection_class_embeddings_input_dim=cond_dim if use_pooled else None,
     )
-    return ConditionalUNet(unet, LabelConditioner(cond_dim), pooled)
+    return ConditionalUNet(unet, LabelConditioner(cond_dim, pooled))
 
 
 def build_default_unet(image_size: int = 32, channels=(32, 64, 64)) -> UNet2DConditionModel:

@@ -44,6 +44,12 @@ def run_dir(profile: str, variant: str) -> Path:
     return data_root() / "runs" / profile / variant
 
 
+def samples_dir(profile: str, variant: str, purpose: str) -> Path:
+    """A synthetic sample set on disk (PNGs + ``manifest.csv``): ``purpose`` ``augment`` (03, the
+    quota plan) or ``eval`` (04, balanced per cell)."""
+    return data_root() / "samples" / profile / variant / purpose
+
+
 def cache_dir() -> Path:
     """Keyed caches of expensive steps (features, statistics)."""
     return data_root() / "cache"

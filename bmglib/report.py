@@ -66,3 +66,34 @@ def plot_confusion(table: pd.DataFrame, title: str, xlabel: str, ylabel: str, sa
     sns.heatmap(share, annot=table, fmt="d", cmap="Blues", vmin=0, vmax=1, cbar=False, ax=ax)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     return save(fig, save_to)
+
+
+def plot_plan(plan: pd.DataFrame, title: str, save_to=None):
+    """A quota plan (``balance.plan_quota``) as FST × lesion heatmaps: real, synthetic, and the
+    real + synthetic total (log colour scale; numbers annotated)."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), sharey=True)
+    plan = plan.assign(total=plan["n_real"] + plan["n_synthetic"])
+    vmax = max(int(plan["total"].max()), 1)
+    for ax, col, name in zip(axes, ("n_real", "n_synthetic", "total"),
+                             ("real (train)", "synthetic (planned)", "real + synthetic"), strict=True):
+        t = plan.pivot(index="fitzpatrick_scale", columns="lesion", values=col)
+        t = t.reindex(columns=[c for c in schema.LESIONS if c in t.columns])
+        t.index = [schema.FST_ROMAN[f] for f in t.index]
+        sns.heatmap(np.log10(t + 1), annot=t, fmt="d", cmap="viridis", vmin=0, vmax=np.log10(vmax + 1),
+                    cbar=False, ax=ax)
+        ax.set(title=f"{name}: {int(t.values.sum())}", xlabel="", ylabel="FST" if col == "n_real" else "")
+        ax.set_xticklabels([c.get_text().replace("_", "\n") for c in ax.get_xticklabels()], fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, save_to)
+
+
+def manifest_grid(df: pd.DataFrame, title: str, size: int, per_cell: int = 2, save_to=None):
+    """:func:`sample_grid` of a sample set's manifest (rows: its ``fitzpatrick_scale``)."""
+    from bmglib.data.images import LESION_INDEX, load_tensor
+
+    first = df.groupby(["fitzpatrick_scale", "lesion"], sort=False).head(per_cell)
+    x = load_tensor(first, size, progress=False)
+    fst = torch.tensor(first["fitzpatrick_scale"].to_numpy())
+    lesion = torch.tensor([LESION_INDEX[v] for v in first["lesion"]])
+    return sample_grid(x, fst, lesion, title, per_cell=per_cell, save_to=save_to)

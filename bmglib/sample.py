@@ -7,9 +7,24 @@ the toy — tune w on a validation measure).
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from PIL import Image
 from tqdm.auto import tqdm
+
+from bmglib import skintone
+from bmglib.config import write_provenance
+from bmglib.data import schema
+from bmglib.data.images import LESION_INDEX
+from bmglib.data.synthetic import LESION_LABELS
 
 SAMPLERS = {"ddim": DDIMScheduler, "dpmpp": DPMSolverMultistepScheduler}
 
@@ -50,3 +65,132 @@ def sample(model: torch.nn.Module, train_scheduler, fst: torch.Tensor | None, le
             x = sched.step(cond, t, x).prev_sample
         out.append(x.clamp(-1, 1).cpu())
     return torch.cat(out)
+
+
+# --- sample sets on disk -----------------------------------------------------------------------
+
+#: columns of ``manifest.csv`` beyond the metadata schema's
+MANIFEST_EXTRA = ("lesion", "source", "variant", "sample_index", "requested_fst", "estimated_fst",
+                  "fst_estimated", "seed", "sampler", "steps", "guidance")
+
+
+def sample_jobs(plan: pd.DataFrame, fst_cond: bool) -> pd.DataFrame:
+    """One row per image to draw: ``sample_index``, ``requested_fst`` (-1 when the model is not
+    conditioned on FST: it then gets the lesion only), ``lesion``. Cell-major, deterministic."""
+    rows = [(int(r.fitzpatrick_scale) if fst_cond else schema.FST_UNKNOWN, r.lesion)
+            for r in plan.itertuples() for _ in range(int(r.n_synthetic))]
+    jobs = pd.DataFrame(rows, columns=["requested_fst", "lesion"])
+    return jobs.rename_axis("sample_index").reset_index()
+
+
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _manifest_rows(images: torch.Tensor, jobs: pd.DataFrame, out_dir: Path, settings: dict) -> list[dict]:
+    """Write one batch's PNGs; return their manifest rows. ``images``: (B, 3, S, S) in [-1, 1]."""
+    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    est = [skintone.estimate_fst(a) for a in arr]
+    rows = []
+    for a, e, job in zip(arr, est, jobs.itertuples(), strict=True):
+        png = _png(a)
+        rel = f"images/{settings['variant']}_{job.sample_index:06d}.png"
+        (out_dir / rel).write_bytes(png)
+        label, nine, three = LESION_LABELS[job.lesion]
+        requested = int(job.requested_fst)
+        rows.append({"md5hash": hashlib.md5(png).hexdigest(),
+                     "fitzpatrick_scale": requested if requested > 0 else e,
+                     "label": label, "three_partition_label": three, "nine_partition_label": nine,
+                     "image_path": rel, "lesion": job.lesion,
+                     "source": f"synthetic:{settings['variant']}", "variant": settings["variant"],
+                     "sample_index": int(job.sample_index), "requested_fst": requested,
+                     "estimated_fst": e, "fst_estimated": requested <= 0,
+                     **{k: settings[k] for k in ("seed", "sampler", "steps", "guidance")}})
+    return rows
+
+
+def _prepare_dir(out_dir: Path, settings: dict, on_change: str) -> pd.DataFrame | None:
+    """The rows already on disk for the same settings; start afresh (or raise) otherwise."""
+    params, manifest = out_dir / "params.json", out_dir / "manifest.csv"
+    if params.exists():
+        if json.loads(params.read_text()) == settings:
+            if manifest.exists():
+                done = pd.read_csv(manifest)
+                present = [(out_dir / p).exists() for p in done["image_path"]]
+                return done[present].reset_index(drop=True)
+            return None
+        if on_change == "error":
+            raise FileExistsError(f"{out_dir} holds samples of other settings ({params}); "
+                                  "delete it or pass on_change='restart'")
+        print(f"{out_dir}: settings changed, regenerating from scratch")
+        shutil.rmtree(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    params.write_text(json.dumps(settings, indent=2))
+    return None
+
+
+def generate_to_disk(model: torch.nn.Module, train_scheduler, plan: pd.DataFrame, out_dir: str | Path,
+                     *, variant: str, fst_cond: bool, model_id: str, size: int = 32, steps: int = 25,
+                     guidance: float = 0.5, sampler: str = "ddim", seed: int = 0, batch_size: int = 64,
+                     provenance: dict | None = None, on_change: str = "restart",
+                     progress: bool = True) -> pd.DataFrame:
+    """Draw the images of a quota ``plan`` (:func:`bmglib.balance.plan_quota`) into ``out_dir``:
+    ``images/*.png`` + ``manifest.csv`` in the metadata schema (plus :data:`MANIFEST_EXTRA`).
+
+    Resumable: batch ``k`` of ``batch_size`` images uses seed ``(seed, k)``, and its rows are
+    appended to the manifest once its PNGs are written; a rerun with the same settings (``model_id``
+    names the weights, e.g. a hash of the checkpoint) skips every finished batch and redraws only
+    an unfinished one, identically. Other settings: start afresh (``on_change="restart"``) or raise
+    (``"error"``). ``fitzpatrick_scale`` is the requested FST, or for a model not conditioned on FST
+    the ITA estimate (``fst_estimated`` True); ``estimated_fst`` is always the ITA estimate.
+    """
+    out_dir = Path(out_dir)
+    jobs = sample_jobs(plan, fst_cond)
+    settings = {"variant": variant, "model_id": model_id, "fst_cond": fst_cond, "size": size,
+                "steps": steps, "guidance": guidance, "sampler": sampler, "seed": seed,
+                "batch_size": batch_size,
+                "plan": jobs[["requested_fst", "lesion"]].value_counts().sort_index().to_dict().__repr__()}
+    done = _prepare_dir(out_dir, settings, on_change)
+    if provenance is not None:
+        write_provenance(out_dir / "provenance.json", provenance)
+    finished = set() if done is None else set(done["sample_index"])
+    manifest = out_dir / "manifest.csv"
+    if done is not None:
+        done.to_csv(manifest, index=False)  # drop rows whose PNG went missing
+    bar = tqdm(total=len(jobs), initial=len(finished), desc=f"sampling {variant} ({sampler}-{steps})",
+               disable=not progress)
+    for k, start in enumerate(range(0, len(jobs), batch_size)):
+        batch = jobs.iloc[start:start + batch_size]
+        if set(batch["sample_index"]) <= finished:
+            continue
+        fst = torch.tensor(batch["requested_fst"].to_numpy()) if fst_cond else None
+        lesion = torch.tensor([LESION_INDEX[v] for v in batch["lesion"]])
+        x = sample(model, train_scheduler, fst, lesion, size=size, steps=steps, guidance=guidance,
+                   sampler=sampler, seed=seed * 1_000_003 + k, batch_size=len(batch))
+        rows = [r for r in _manifest_rows(x, batch, out_dir, settings) if r["sample_index"] not in finished]
+        pd.DataFrame(rows).to_csv(manifest, mode="a", header=not manifest.exists(), index=False)
+        bar.update(len(rows))
+    bar.close()
+    return load_manifest(out_dir)
+
+
+def load_manifest(out_dir: str | Path) -> pd.DataFrame:
+    """A sample set's ``manifest.csv`` as a validated schema table (absolute ``image_path``)."""
+    out_dir = Path(out_dir).resolve()
+    path = out_dir / "manifest.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run notebooks/03_balanced_sampling.ipynb first")
+    df = pd.read_csv(path)
+    df["image_path"] = [str(out_dir / p) for p in df["image_path"]]
+    return schema.finalize(df, where=str(path))
+
+
+def file_digest(path: str | Path) -> str:
+    """md5 of a file (e.g. the weights a sample set came from), read in chunks."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -254,7 +254,8 @@ def _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator) -
         x_t = sched.add_noise(x0, noise, t)
         with accel.accumulate(model):
             out = model(x_t, t, fst.to(accel.device), lesion.to(accel.device), drop_f, drop_l)
-            den = losses.denoising_loss(out, losses.training_target(sched, x0, noise, t))
+            weight = losses.foreground_weight(x0, d.fg_weight) if d.fg_weight > 0 and not latent else None
+            den = losses.denoising_loss(out, losses.training_target(sched, x0, noise, t), weight)
             decode = accel.unwrap_model(model).decode_latents if latent else None
             fair = _fair_terms(out, x_t, t, fst.to(accel.device), d, sched, estimator, decode)
             loss = den if fair is None else den + d.lambda_kl * fair.kl + d.lambda_ce * fair.ce
@@ -308,13 +309,14 @@ def load_trained(run_dir: str | Path) -> tuple[torch.nn.Module, config.Config]:
     if not (final / "model.safetensors").exists():
         raise FileNotFoundError(f"{final}/model.safetensors not found: train the variant first "
                                 "(notebooks/02_conditional_finetune.ipynb)")
-    raw = json.loads((final / "config.json").read_text())
-    cfg = config.Config(profile=raw["profile"], data=config.DataConfig(**raw["data"]),
-                        probe=config.ProbeConfig(**raw["probe"]),
-                        diffusion=config.DiffusionConfig(**raw["diffusion"]))
+    cfg = config.from_dict(json.loads((final / "config.json").read_text()))
     model = build_model(cfg.diffusion)
     load_trainable_state(model, load_file(final / "model.safetensors"))
     return model.eval(), cfg
+
+
+#: the config sections a trained model depends on (a change elsewhere, e.g. sampling, keeps it)
+MODEL_SECTIONS = ("profile", "data", "diffusion")
 
 
 def train_variant(cfg: config.Config, meta: pd.DataFrame, progress: bool = True):
@@ -336,7 +338,8 @@ def train_variant(cfg: config.Config, meta: pd.DataFrame, progress: bool = True)
                                                  d.estimator_epochs, d.seed, progress)
     final = out / "final"
     if (final / "config.json").exists() and (final / "provenance.json").exists():
-        same_cfg = json.loads((final / "config.json").read_text()) == config.to_dict(cfg)
+        stored = json.loads((final / "config.json").read_text())
+        same_cfg = all(stored.get(k) == config.to_dict(cfg)[k] for k in MODEL_SECTIONS)
         same_data = json.loads((final / "provenance.json").read_text())["dataset_hash"] == config.hash_table(train_df)
         if same_cfg and same_data:
             model, _ = load_trained(out)

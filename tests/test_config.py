@@ -50,3 +50,13 @@ def test_cache_key_and_table_hash_depend_on_inputs():
     assert config.hash_table(df) == config.hash_table(df.iloc[::-1])
     df2 = df.assign(fitzpatrick_scale=[1, 3])
     assert config.hash_table(df) != config.hash_table(df2)
+
+
+def test_from_dict_round_trips_and_fills_sections_it_predates():
+    cfg = config.with_variant(config.get_config("smoke", {"sampling.guidance": 1.5}), "standard")
+    raw = config.to_dict(cfg)
+    assert config.from_dict(raw) == cfg
+    old = {k: v for k, v in raw.items() if k != "sampling"}
+    assert config.from_dict(old).sampling == config.SamplingConfig()
+    with pytest.raises(config.ConfigError, match="diffusion.guidance"):
+        config.from_dict({**raw, "diffusion": {**raw["diffusion"], "guidance": 0.5}})

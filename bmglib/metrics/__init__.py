@@ -1,1 +1,2 @@
-"""Metrics: fairness (group-disaggregated, with bootstrap CIs); image metrics arrive later."""
+"""Metrics: fairness (group-disaggregated, bootstrap CIs), adherence (FST, lesion), image (FID/KID per
+FST at equal N, memorisation)."""

@@ -1,7 +1,9 @@
-"""FST adherence of generated images: does the image show the skin type that was requested?
+"""Adherence of generated images: do they show the skin type and the lesion that were requested?
 
-Scored with the ITA estimator (``bmglib.skintone``), never with the network the fairness loss
-was trained against (that one is optimised to be fooled).
+FST is scored with the ITA estimator (``bmglib.skintone``), never with the network the fairness
+loss was trained against (that one is optimised to be fooled). Lesion type is scored with a small
+CNN trained on the real training split (:func:`get_lesion_classifier`); no generator is trained
+against it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import pandas as pd
 import torch
 
 from bmglib import skintone
+from bmglib.data import schema
 
 
 def estimated_fst(images: torch.Tensor) -> np.ndarray:
@@ -41,3 +44,92 @@ def fst_distribution(estimated: np.ndarray) -> pd.DataFrame:
     """What a model draws when FST is not requested: n and share per ITA-estimated FST 1..6."""
     counts = pd.Series(np.asarray(estimated)).value_counts().reindex(range(1, 7), fill_value=0)
     return pd.DataFrame({"n": counts, "share": counts / max(int(counts.sum()), 1)}).rename_axis("estimated_fst")
+
+
+# --- lesion adherence: does the image show the lesion type that was requested? ---------------
+
+
+def train_lesion_classifier(x: torch.Tensor, lesion: torch.Tensor, epochs: int = 8,
+                            batch_size: int = 64, lr: float = 2e-3, width: int = 32,
+                            seed: int = 0, progress: bool = True) -> torch.nn.Module:
+    """A :class:`~bmglib.classify.SmallCNN` over ``schema.LESIONS`` on real images ``x`` (N,3,H,W)
+    in [-1, 1], ``lesion`` (N,) indices; draws are lesion-balanced (rare types are not ignored)."""
+    from tqdm.auto import tqdm
+
+    from bmglib.classify import SmallCNN, augment
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = SmallCNN(width, n_out=len(schema.LESIONS))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    counts = torch.bincount(lesion, minlength=len(schema.LESIONS)).clamp_min(1).double()
+    weights = 1.0 / counts[lesion]
+    for _ in tqdm(range(epochs), desc="lesion classifier", disable=not progress, leave=False):
+        model.train()
+        order = torch.multinomial(weights, len(x), replacement=True, generator=gen)
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            loss = torch.nn.functional.cross_entropy(model(augment(x[idx], gen)), lesion[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_lesion(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Predicted lesion index (N,) for images (N, 3, H, W) in [-1, 1]."""
+    model.eval()
+    return torch.cat([model(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)]).numpy()
+
+
+def get_lesion_classifier(train_df: pd.DataFrame, test_df: pd.DataFrame, size: int,
+                          epochs: int = 8, seed: int = 0, progress: bool = True):
+    """The lesion classifier that scores generated images, trained on the *real* training split
+    and cached under a key of its inputs. It is the ceiling of lesion adherence: its accuracy on
+    the real test split (per FST, in the report) is what a perfect generator would score.
+
+    Returns ``(model, report)``: report = ``accuracy`` (DataFrame per FST + overall: n, accuracy).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from bmglib import config, paths
+    from bmglib.classify import SmallCNN
+    from bmglib.data.images import LESION_INDEX, load_tensor
+
+    key = config.cache_key(train=config.hash_table(train_df), test=config.hash_table(test_df),
+                           size=size, epochs=epochs, seed=seed, version=1)
+    cache = paths.cache_dir() / f"lesion_classifier_{key}"
+    if (cache / "model.safetensors").exists():
+        model = SmallCNN(32, n_out=len(schema.LESIONS))
+        model.load_state_dict(load_file(cache / "model.safetensors"))
+        model.eval()
+        return model, {"accuracy": pd.read_csv(cache / "accuracy.csv", index_col=0)}
+    x = load_tensor(train_df, size, progress)
+    y = torch.tensor([LESION_INDEX[v] for v in train_df["lesion"]])
+    model = train_lesion_classifier(x, y, epochs=epochs, seed=seed, progress=progress)
+    pred = predict_lesion(model, load_tensor(test_df, size, progress))
+    truth = np.array([LESION_INDEX[v] for v in test_df["lesion"]])
+    acc = lesion_adherence_table(truth, pred, test_df["fitzpatrick_scale"].to_numpy())
+    cache.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), cache / "model.safetensors")
+    acc.to_csv(cache / "accuracy.csv")
+    return model, {"accuracy": acc}
+
+
+def lesion_adherence_table(requested: np.ndarray, predicted: np.ndarray,
+                           fst: np.ndarray) -> pd.DataFrame:
+    """Share of images classified as the requested lesion, per FST (rows) × lesion (columns) and
+    overall, with ``n`` per row; chance is 1/len(LESIONS)."""
+    requested, predicted, fst = map(np.asarray, (requested, predicted, fst))
+    hit = requested == predicted
+    rows = {}
+    for f in [*sorted(set(fst.tolist())), "overall"]:
+        sel = np.ones(len(hit), bool) if f == "overall" else fst == f
+        row = {"n": int(sel.sum()), "all": float(hit[sel].mean()) if sel.any() else np.nan}
+        for k, name in enumerate(schema.LESIONS):
+            m = sel & (requested == k)
+            row[name] = float(hit[m].mean()) if m.any() else np.nan
+        rows[f] = row
+    out = pd.DataFrame(rows).T.rename_axis("fst")
+    return out.astype({"n": int})

@@ -1,0 +1,164 @@
+"""The quota planner and sample sets on disk: the plan's arithmetic, the manifest, and resume."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from bmglib import balance, sample, train
+from bmglib.config import get_config
+from bmglib.data import schema
+
+# FST × lesion counts of a small real training table
+REAL = {(1, "melanoma"): 40, (2, "melanoma"): 20, (5, "melanoma"): 3, (6, "melanoma"): 0,
+        (1, "nevus"): 10, (4, "nevus"): 10, (6, "other"): 7}
+
+
+def _table() -> pd.DataFrame:
+    rows = [(f, les) for (f, les), n in REAL.items() for _ in range(n)]
+    return pd.DataFrame(rows, columns=["fitzpatrick_scale", "lesion"])
+
+
+def _cell(plan: pd.DataFrame, f: int, les: str) -> pd.Series:
+    return plan[(plan["fitzpatrick_scale"] == f) & (plan["lesion"] == les)].iloc[0]
+
+
+def test_top_up_fills_each_lesion_to_its_largest_fst_cell():
+    plan = balance.plan_quota(_table(), "top_up", max_ratio=None)
+    assert len(plan) == 24
+    assert _cell(plan, 1, "melanoma")["n_synthetic"] == 0
+    assert _cell(plan, 2, "melanoma")["n_synthetic"] == 20
+    assert _cell(plan, 5, "melanoma")["n_synthetic"] == 37
+    assert _cell(plan, 6, "melanoma")["n_synthetic"] == 40  # empty cell, no cap
+    assert _cell(plan, 3, "nevus")["n_synthetic"] == 10
+    assert _cell(plan, 6, "other")["n_synthetic"] == 0  # the largest "other" cell
+    assert (plan[plan["lesion"] == "seborrheic_keratosis"]["n_synthetic"] == 0).all()
+
+
+def test_ratio_cap_budget_and_lesion_filter():
+    plan = balance.plan_quota(_table(), "top_up", max_ratio=10)
+    row = _cell(plan, 5, "melanoma")
+    assert row["n_synthetic"] == 30 and row["capped"] and row["target"] == 37
+    assert _cell(plan, 6, "melanoma")["n_synthetic"] == 0  # 10 × 0 real
+    assert plan["ratio"].max() <= 10
+    full = plan["n_synthetic"].sum()
+    small = balance.plan_quota(_table(), "top_up", max_ratio=10, budget=full // 2)
+    assert small["n_synthetic"].sum() == full // 2
+    assert (small["n_synthetic"] <= plan["n_synthetic"]).all() and small["scaled"].any()
+    only = balance.plan_quota(_table(), "top_up", max_ratio=None, lesions=("nevus",))
+    assert set(only.loc[only["n_synthetic"] > 0, "lesion"]) == {"nevus"}
+
+
+def test_fixed_total_and_per_cell():
+    fixed = balance.plan_quota(_table(), "fixed_total", per_cell=25, max_ratio=None)
+    assert _cell(fixed, 1, "melanoma")["n_synthetic"] == 0
+    assert _cell(fixed, 2, "melanoma")["n_synthetic"] == 5
+    assert _cell(fixed, 3, "other")["n_synthetic"] == 25
+    even = balance.plan_quota(_table(), "per_cell", per_cell=4, max_ratio=None)
+    assert (even["n_synthetic"] == 4).all()
+    summary = balance.plan_summary(even)
+    assert summary.loc["I", "melanoma"] == "40 + 4" and summary.loc["I", "all"] == "50 + 16"
+
+
+@pytest.mark.parametrize("kw, match", [({"policy": "every"}, "policy"),
+                                       ({"policy": "per_cell"}, "per_cell"),
+                                       ({"max_ratio": -1}, "max_ratio"),
+                                       ({"lesions": ("wart",)}, "wart")])
+def test_plan_errors_name_the_parameter(kw, match):
+    with pytest.raises(ValueError, match=match):
+        balance.plan_quota(_table(), **kw)
+
+
+class _Crash(torch.nn.Module):
+    """Wraps a model and raises on the ``n``-th forward call (a run killed mid-way)."""
+
+    def __init__(self, model, n):
+        super().__init__()
+        self.model, self.n, self.calls = model, n, 0
+
+    def forward(self, *args, **kw):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt("killed")
+        return self.model(*args, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    cfg = get_config("smoke")
+    torch.manual_seed(0)
+    model = train.build_model(cfg.diffusion).eval()
+    return model, train.model_scheduler(model, cfg.diffusion)
+
+
+def _plan() -> pd.DataFrame:
+    return balance.plan_quota(_table(), "per_cell", per_cell=1, max_ratio=None,
+                              lesions=("melanoma", "nevus"))  # 12 images
+
+
+def test_generate_to_disk_writes_a_schema_manifest(tiny_model, tmp_path):
+    model, sched = tiny_model
+    kw = dict(variant="bmg", fst_cond=True, model_id="m0", steps=2, guidance=0.5, batch_size=5,
+              progress=False)
+    df = sample.generate_to_disk(model, sched, _plan(), tmp_path / "s", **kw)
+    assert len(df) == 12 and df["sample_index"].tolist() == list(range(12))
+    assert df["md5hash"].is_unique and all(map(lambda p: pd.io.common.file_exists(p), df["image_path"]))
+    assert set(df["lesion"]) == {"melanoma", "nevus"}
+    assert (df["fitzpatrick_scale"] == df["requested_fst"]).all()
+    assert sorted(df["fitzpatrick_scale"].unique()) == list(schema.FST_LEVELS)
+    assert set(df["estimated_fst"]) <= set(schema.FST_LEVELS)
+    # not conditioned on FST: the ITA estimate stands in, flagged
+    un = sample.generate_to_disk(model, sched, _plan(), tmp_path / "u",
+                                 **{**kw, "fst_cond": False, "variant": "standard"})
+    assert (un["requested_fst"] == -1).all() and un["fst_estimated"].all()
+    assert (un["fitzpatrick_scale"] == un["estimated_fst"]).all()
+
+
+def test_an_interrupted_run_resumes_without_redrawing(tiny_model, tmp_path):
+    model, sched = tiny_model
+    kw = dict(variant="bmg", fst_cond=True, model_id="m0", steps=2, guidance=0.5, batch_size=5,
+              progress=False)
+    whole = sample.generate_to_disk(model, sched, _plan(), tmp_path / "a", **kw)
+    crash = _Crash(model, n=2 * 2 * 2 + 1)  # 2 steps × (cond + uncond) per batch: dies in batch 3
+    with pytest.raises(KeyboardInterrupt):
+        sample.generate_to_disk(crash, sched, _plan(), tmp_path / "b", **kw)
+    partial = pd.read_csv(tmp_path / "b" / "manifest.csv")
+    assert len(partial) == 10  # two finished batches kept
+    counting = _Crash(model, n=10**9)
+    resumed = sample.generate_to_disk(counting, sched, _plan(), tmp_path / "b", **kw)
+    assert counting.calls == 2 * 2  # only the last batch was drawn
+    assert resumed["md5hash"].tolist() == whole["md5hash"].tolist()
+    again = _Crash(model, n=10**9)
+    sample.generate_to_disk(again, sched, _plan(), tmp_path / "b", **kw)
+    assert again.calls == 0
+    with pytest.raises(FileExistsError, match="other settings"):
+        sample.generate_to_disk(model, sched, _plan(), tmp_path / "b",
+                                **{**kw, "guidance": 1.0}, on_change="error")
+
+
+def test_lesion_adherence_table_counts_hits_per_fst_and_lesion():
+    from bmglib.metrics import adherence
+
+    requested = [0, 0, 1, 1, 2, 3, 3, 3]
+    predicted = [0, 1, 1, 1, 2, 0, 3, 3]
+    fst = [1, 1, 1, 1, 6, 6, 6, 6]
+    t = adherence.lesion_adherence_table(requested, predicted, fst)
+    assert t.loc[1, "n"] == 4 and t.loc[1, "all"] == 0.75 and t.loc[1, "melanoma"] == 0.5
+    assert t.loc[6, "other"] == 2 / 3 and t.loc[6, "seborrheic_keratosis"] == 1.0
+    assert pd.isna(t.loc[6, "nevus"]) and t.loc["overall", "all"] == 6 / 8
+
+
+def test_lesion_classifier_learns_lesions_from_real_images(tiny_synthetic):
+    from bmglib.data.images import LESION_INDEX, load_tensor
+    from bmglib.metrics import adherence
+
+    pool, test = tiny_synthetic
+    x = load_tensor(pool, 32, progress=False)
+    y = torch.tensor([LESION_INDEX[v] for v in pool["lesion"]])
+    model = adherence.train_lesion_classifier(x, y, epochs=30, batch_size=16, width=16,
+                                             progress=False)
+    pred = adherence.predict_lesion(model, load_tensor(test, 32, progress=False))
+    truth = [LESION_INDEX[v] for v in test["lesion"]]
+    acc = adherence.lesion_adherence_table(truth, pred, test["fitzpatrick_scale"])
+    assert acc.loc["overall", "all"] > 0.45  # chance is 0.25 (48 balanced test images)
