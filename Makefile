@@ -41,11 +41,15 @@ test: lint test-fast test-notebooks ## ruff + pytest + notebooks under nbval (sm
 test-fast: $(STAMP) ## pytest only (unit + functional, not the slow ones)
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
-test-notebooks: $(STAMP) ## the notebooks under nbval --nbval-lax: as written (smoke) + 01 on Fitzpatrick17k metadata
+test-notebooks: $(STAMP) ## the notebooks under nbval --nbval-lax (smoke), in pipeline order, + 01 on Fitzpatrick17k metadata and 02/03 for `standard`
 	@mkdir -p build/nbval
 	$(VENV)/bin/papermill --prepare-only -p DATASET fitzpatrick17k notebooks/01_data_audit.ipynb \
 		build/nbval/01_data_audit__fitzpatrick17k.ipynb
-	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax $(NOTEBOOKS) build/nbval/01_data_audit__fitzpatrick17k.ipynb
+	@for nb in notebooks/02_*.ipynb notebooks/03_*.ipynb; do \
+		$(VENV)/bin/papermill --prepare-only -p VARIANT standard $$nb build/nbval/$$(basename $$nb .ipynb)__standard.ipynb; \
+	done
+	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax $$(for nb in $(NOTEBOOKS); do \
+		echo $$nb; ls build/nbval/$$(basename $$nb .ipynb)__*.ipynb 2>/dev/null; done)
 
 test-slow: $(STAMP) ## the slow tests too (minutes)
 	$(PY) -m pytest -q -m "not gpu"

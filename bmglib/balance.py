@@ -314,3 +314,13 @@ def plan_summary(plan: pd.DataFrame) -> pd.DataFrame:
     table.index = [schema.FST_ROMAN[f] for f in table.index]
     table.index.name = "FST"
     return table
+
+
+def per_cell_subset(df: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """At most ``n`` rows of every FST × lesion cell (all rows of a smaller cell), drawn with
+    ``seed``; e.g. the real reference sets of the image metrics. Row order: by cell."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    shuffled = df.sample(frac=1.0, random_state=seed)
+    out = shuffled.groupby(["fitzpatrick_scale", "lesion"], sort=True).head(n)
+    return out.sort_values(["fitzpatrick_scale", "lesion"], kind="stable")

@@ -123,12 +123,26 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
+class ImageMetricsConfig:
+    """FID/KID per FST and the memorisation check (04). Inception features cost ~0.2 s per image
+    on a CPU (cached), so the reference sets are subsampled per cell."""
+
+    extractor: str = "fid-helper"  # fid-helper (offline TorchScript) | clean-fid (its cached weights)
+    real_per_cell: int = 20  # real test images per FST × lesion cell as the FID reference
+    train_per_cell: int = 50  # real training images per cell searched for near copies (all of a rare cell)
+    near_copy: float = 0.5  # near copy: NN distance < near_copy × median real–real NN distance
+    n_boot: int = 200  # bootstrap resamples (KID CI)
+    seed: int = 0
+
+
+@dataclass
 class Config:
     profile: str = "quick"
     data: DataConfig = field(default_factory=DataConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    metrics: ImageMetricsConfig = field(default_factory=ImageMetricsConfig)
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -148,6 +162,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sampling.batch_size": 16,
         "sampling.budget": 48,
         "sampling.eval_per_cell": 2,
+        "metrics.real_per_cell": 2,
+        "metrics.train_per_cell": 3,
+        "metrics.n_boot": 50,
         "diffusion.estimator_epochs": 1,
         "diffusion.warmup_steps": 2,
     },

@@ -97,3 +97,50 @@ def manifest_grid(df: pd.DataFrame, title: str, size: int, per_cell: int = 2, sa
     fst = torch.tensor(first["fitzpatrick_scale"].to_numpy())
     lesion = torch.tensor([LESION_INDEX[v] for v in first["lesion"]])
     return sample_grid(x, fst, lesion, title, per_cell=per_cell, save_to=save_to)
+
+
+def plot_image_metrics(table: pd.DataFrame, title: str, save_to=None):
+    """FID and KID per FST and FST group, one bar per variant, bootstrap intervals as error bars.
+    ``table``: rows of ``metrics.image.group_image_metrics`` plus a ``variant`` column."""
+    t = table[table["level"] != "overall"]
+    groups = list(dict.fromkeys(t["group"]))
+    variants = list(dict.fromkeys(t["variant"]))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+    width = 0.8 / len(variants)
+    for ax, (col, lo, hi) in zip(axes, [("fid", "fid_boot_low", "fid_boot_high"),
+                                        ("kid", "kid_ci_low", "kid_ci_high")], strict=True):
+        for k, v in enumerate(variants):
+            rows = t[t["variant"] == v].set_index("group").reindex(groups)
+            x = np.arange(len(groups)) + (k - (len(variants) - 1) / 2) * width
+            err = np.vstack([(rows[col] - rows[lo]).clip(lower=0), (rows[hi] - rows[col]).clip(lower=0)])
+            ax.bar(x, rows[col], width, yerr=err, capsize=2, label=v)
+        n = t.groupby("level")["n_used"].max()
+        ax.set_xticks(np.arange(len(groups)), groups)
+        ax.axvline(5.5, color="grey", lw=0.8)
+        ax.set(title=f"{col.upper()} (N per FST = {n.get('fst', 0)}, per group = {n.get('fst_group', 0)})",
+               ylabel=col.upper())
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, save_to)
+
+
+def plot_pairs(pairs: pd.DataFrame, size: int, title: str, save_to=None):
+    """Synthetic images (top row) above their nearest real training image (bottom row), with the
+    distance ratio. ``pairs``: ``Memorisation.top_pairs`` (``image_path``, ``train_path``, ``ratio``)."""
+    from bmglib.data.images import load_image
+
+    k = len(pairs)
+    fig, axes = plt.subplots(2, max(k, 1), figsize=(1.2 * max(k, 1), 2.9), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for j, row in enumerate(pairs.itertuples()):
+        axes[0, j].imshow(load_image(row.image_path, size))
+        axes[1, j].imshow(load_image(row.train_path, size))
+        axes[0, j].set_title(f"{row.ratio:.2f}", fontsize=8)
+    axes[0, 0].set_ylabel("synthetic", fontsize=8)
+    axes[1, 0].set_ylabel("nearest real", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(pad=0.2)
+    return save(fig, save_to)

@@ -69,17 +69,20 @@ def sample(model: torch.nn.Module, train_scheduler, fst: torch.Tensor | None, le
 
 # --- sample sets on disk -----------------------------------------------------------------------
 
+MANIFEST_VERSION = 2  # bump when the manifest's columns change: existing sample sets are redrawn
 #: columns of ``manifest.csv`` beyond the metadata schema's
-MANIFEST_EXTRA = ("lesion", "source", "variant", "sample_index", "requested_fst", "estimated_fst",
+MANIFEST_EXTRA = ("lesion", "source", "variant", "sample_index", "plan_fst", "requested_fst", "estimated_fst",
                   "fst_estimated", "seed", "sampler", "steps", "guidance")
 
 
 def sample_jobs(plan: pd.DataFrame, fst_cond: bool) -> pd.DataFrame:
-    """One row per image to draw: ``sample_index``, ``requested_fst`` (-1 when the model is not
-    conditioned on FST: it then gets the lesion only), ``lesion``. Cell-major, deterministic."""
-    rows = [(int(r.fitzpatrick_scale) if fst_cond else schema.FST_UNKNOWN, r.lesion)
-            for r in plan.itertuples() for _ in range(int(r.n_synthetic))]
-    jobs = pd.DataFrame(rows, columns=["requested_fst", "lesion"])
+    """One row per image to draw: ``sample_index``, ``plan_fst`` (the plan cell it fills),
+    ``requested_fst`` (= ``plan_fst``, or -1 when the model is not conditioned on FST: it then gets
+    the lesion only, and its draw stands in for whatever FST the cell wanted), ``lesion``.
+    Cell-major, deterministic."""
+    rows = [(int(r.fitzpatrick_scale), int(r.fitzpatrick_scale) if fst_cond else schema.FST_UNKNOWN,
+             r.lesion) for r in plan.itertuples() for _ in range(int(r.n_synthetic))]
+    jobs = pd.DataFrame(rows, columns=["plan_fst", "requested_fst", "lesion"])
     return jobs.rename_axis("sample_index").reset_index()
 
 
@@ -105,7 +108,8 @@ def _manifest_rows(images: torch.Tensor, jobs: pd.DataFrame, out_dir: Path, sett
                      "label": label, "three_partition_label": three, "nine_partition_label": nine,
                      "image_path": rel, "lesion": job.lesion,
                      "source": f"synthetic:{settings['variant']}", "variant": settings["variant"],
-                     "sample_index": int(job.sample_index), "requested_fst": requested,
+                     "sample_index": int(job.sample_index), "plan_fst": int(job.plan_fst),
+                     "requested_fst": requested,
                      "estimated_fst": e, "fst_estimated": requested <= 0,
                      **{k: settings[k] for k in ("seed", "sampler", "steps", "guidance")}})
     return rows
@@ -148,10 +152,10 @@ def generate_to_disk(model: torch.nn.Module, train_scheduler, plan: pd.DataFrame
     """
     out_dir = Path(out_dir)
     jobs = sample_jobs(plan, fst_cond)
-    settings = {"variant": variant, "model_id": model_id, "fst_cond": fst_cond, "size": size,
+    settings = {"format": MANIFEST_VERSION, "variant": variant, "model_id": model_id, "fst_cond": fst_cond, "size": size,
                 "steps": steps, "guidance": guidance, "sampler": sampler, "seed": seed,
                 "batch_size": batch_size,
-                "plan": jobs[["requested_fst", "lesion"]].value_counts().sort_index().to_dict().__repr__()}
+                "plan": repr(jobs[["plan_fst", "lesion"]].value_counts().sort_index().to_dict())}
     done = _prepare_dir(out_dir, settings, on_change)
     if provenance is not None:
         write_provenance(out_dir / "provenance.json", provenance)

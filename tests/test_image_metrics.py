@@ -170,7 +170,8 @@ def test_group_metrics_use_the_smallest_groups_n(monkeypatch):
     assert (t.loc[["I", "II", "III", "IV", "V", "VI"], "n_used"] == 9).all()
     assert (t.loc[["I-III", "IV-VI"], "n_used"] == 48).all()  # IV-VI: 48 real, 49 synthetic
     assert t.loc["overall", "n_used"] == 109
-    assert seen == [(9, 9)] * 6 + [(48, 48)] * 2 + [(109, 109)]
+    # each group: 50 bootstrap FIDs at the group's N, then the point FID
+    assert seen == [x for n in [9] * 6 + [48] * 2 + [109] for x in [(n, n)] * 51]
     fst = t[t["level"] == "fst"]
     assert fst["fid"].idxmax() == "VI"  # the shifted group
     assert t.loc["IV-VI", "fid"] > t.loc["I-III", "fid"]
@@ -325,3 +326,19 @@ def test_clean_fid_extractor_needs_local_weights(tmp_path, monkeypatch):
     expected = (resized.mean((0, 1)) - 128) / 128  # clean-fid normalises inside InceptionV3W
     assert feats.shape == (1, 2048)
     np.testing.assert_allclose(feats[0, :3], expected, atol=1e-4)
+
+
+def test_fid_bootstrap_is_seeded_and_separates_near_from_far_sets():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(60, 16))
+    near, far = a + rng.normal(scale=0.1, size=a.shape), rng.normal(loc=1.0, size=(60, 16))
+    b1 = image.fid_bootstrap(a, near, n_boot=50, seed=3)
+    assert np.array_equal(b1, image.fid_bootstrap(a, near, n_boot=50, seed=3))
+    b2 = image.fid_bootstrap(a, far, n_boot=50, seed=3)
+    assert np.percentile(b1, 97.5) < np.percentile(b2, 2.5)
+    assert (b1 >= image.frechet_distance(a, near) - 1e-9).mean() > 0.9  # resamples sit above
+
+
+def test_equal_n_is_the_smallest_fst_count_of_any_set():
+    assert image.equal_n([1, 1, 2, 3, 4, 5, 6, 6], [1, 2, 2, 3, 3, 4, 5, 6]) == 1
+    assert image.equal_n([1, 2, 3, 4, 5]) == 0  # no FST VI

@@ -105,13 +105,14 @@ def test_generate_to_disk_writes_a_schema_manifest(tiny_model, tmp_path):
     assert len(df) == 12 and df["sample_index"].tolist() == list(range(12))
     assert df["md5hash"].is_unique and all(map(lambda p: pd.io.common.file_exists(p), df["image_path"]))
     assert set(df["lesion"]) == {"melanoma", "nevus"}
-    assert (df["fitzpatrick_scale"] == df["requested_fst"]).all()
+    assert (df["fitzpatrick_scale"] == df["requested_fst"]).all() and (df["plan_fst"] == df["requested_fst"]).all()
     assert sorted(df["fitzpatrick_scale"].unique()) == list(schema.FST_LEVELS)
     assert set(df["estimated_fst"]) <= set(schema.FST_LEVELS)
     # not conditioned on FST: the ITA estimate stands in, flagged
     un = sample.generate_to_disk(model, sched, _plan(), tmp_path / "u",
                                  **{**kw, "fst_cond": False, "variant": "standard"})
     assert (un["requested_fst"] == -1).all() and un["fst_estimated"].all()
+    assert sorted(un["plan_fst"].unique()) == list(schema.FST_LEVELS)
     assert (un["fitzpatrick_scale"] == un["estimated_fst"]).all()
 
 
@@ -162,3 +163,19 @@ def test_lesion_classifier_learns_lesions_from_real_images(tiny_synthetic):
     truth = [LESION_INDEX[v] for v in test["lesion"]]
     acc = adherence.lesion_adherence_table(truth, pred, test["fitzpatrick_scale"])
     assert acc.loc["overall", "all"] > 0.45  # chance is 0.25 (48 balanced test images)
+
+
+def test_light_share_counts_ii_iii_among_v_vi_requests():
+    from bmglib.metrics import adherence
+
+    r = adherence.light_share([2, 3, 5, 6, 2, 2], [5, 5, 5, 6, 1, 2], n_boot=200)
+    assert r["n"] == 4 and r["share"] == 0.5 and r["ci_low"] <= 0.5 <= r["ci_high"]
+    u = adherence.light_share([2, 3, 5, 6], None, n_boot=200)
+    assert u["n"] == 4 and u["share"] == 0.5 and "not requested" in u["over"]
+
+
+def test_per_cell_subset_caps_every_cell():
+    sub = balance.per_cell_subset(_table(), 5, seed=1)
+    counts = sub.groupby(["fitzpatrick_scale", "lesion"]).size()
+    assert counts[(1, "melanoma")] == 5 and counts[(5, "melanoma")] == 3 and len(sub) == 5 * 5 + 3
+    assert sub.index.is_unique and sub.equals(balance.per_cell_subset(_table(), 5, seed=1))

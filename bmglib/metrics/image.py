@@ -272,6 +272,18 @@ def kid_bootstrap(feats1: np.ndarray, feats2: np.ndarray, n_boot: int = 200,
     return within(cx, kxx) + within(cy, kyy) - 2 * cross
 
 
+def fid_bootstrap(feats1: np.ndarray, feats2: np.ndarray, n_boot: int = 200,
+                  seed: int = 0) -> np.ndarray:
+    """(n_boot,) FIDs of bootstrap resamples (images drawn with replacement in each set). The
+    duplicates shrink each resample's spread, so the replicates sit *above* the point estimate:
+    read their percentile interval as the sampling uncertainty of the comparison, not as an
+    unbiased CI of FID itself (FID has no unbiased estimator at small N)."""
+    a, b = np.asarray(feats1, np.float64), np.asarray(feats2, np.float64)
+    rng = np.random.default_rng(seed)
+    return np.array([frechet_distance(a[rng.integers(0, len(a), len(a))],
+                                      b[rng.integers(0, len(b), len(b))]) for _ in range(n_boot)])
+
+
 def _fst_array(fst, n: int, name: str) -> np.ndarray:
     fst = np.asarray(fst).astype(int)
     if fst.shape != (n,):
@@ -287,8 +299,11 @@ def _metric_row(rf: np.ndarray, sf: np.ndarray, seed: int, kid_kw: dict, n_boot:
                 level: float) -> dict:
     sub = kid_subsets(rf, sf, seed=seed, **kid_kw)
     boot = kid_bootstrap(rf, sf, n_boot=n_boot, seed=seed)
-    lo, hi = np.nanpercentile(boot, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
-    return {"fid": frechet_distance(rf, sf), "kid": float(sub.mean()),
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    lo, hi = np.nanpercentile(boot, q)
+    fid_lo, fid_hi = np.nanpercentile(fid_bootstrap(rf, sf, n_boot=n_boot, seed=seed), q)
+    return {"fid": frechet_distance(rf, sf), "fid_boot_low": float(fid_lo),
+            "fid_boot_high": float(fid_hi), "kid": float(sub.mean()),
             "kid_subset_sd": float(sub.std(ddof=1)) if len(sub) > 1 else 0.0,
             "kid_ci_low": float(lo), "kid_ci_high": float(hi)}
 
@@ -306,7 +321,8 @@ def group_image_metrics(real_feats: np.ndarray, real_fst, synth_feats: np.ndarra
     generated images). Each group is compared on ``n_used`` real and ``n_used`` synthetic images,
     drawn without replacement with ``seed``; ``n_used`` = the smallest min(n_real, n_synth) of
     the level's groups that have at least ``min_n`` (or the given ``n``, for equal N across
-    calls, e.g. across model variants); groups with fewer get NaN. KID = mean over subsets
+    calls, e.g. across model variants); groups with fewer get NaN. [``fid_boot_low``,
+    ``fid_boot_high``]: percentile interval of :func:`fid_bootstrap`. KID = mean over subsets
     (``kid_subsets``) with ``kid_subset_sd``; [``kid_ci_low``, ``kid_ci_high``] = bootstrap
     percentile CI over images. Rows: ``level`` fst | fst_group | overall, ``group`` I..VI |
     I-III | IV-VI | overall (``n`` applies to every level); ``fst_spread`` summarises the FSTs.
@@ -338,8 +354,8 @@ def group_image_metrics(real_feats: np.ndarray, real_fst, synth_feats: np.ndarra
                 row |= _metric_row(real_feats[ri], synth_feats[si], seed, kid_kw, n_boot, level)
             rows.append(row)
     return pd.DataFrame(rows).reindex(columns=["level", "group", "n_real", "n_synth", "n_used",
-                                               "fid", "kid", "kid_subset_sd", "kid_ci_low",
-                                               "kid_ci_high"])
+                                               "fid", "fid_boot_low", "fid_boot_high", "kid",
+                                               "kid_subset_sd", "kid_ci_low", "kid_ci_high"])
 
 
 def fst_spread(table: pd.DataFrame) -> pd.Series:
@@ -453,3 +469,10 @@ def memorisation(synth_feats: np.ndarray, train_feats: np.ndarray, synth_meta: p
     cell["rare"] = cell["n_train"] <= rare_max
     top = per_image.sort_values("distance", kind="stable").head(top_k).reset_index()
     return Memorisation(per_image, cell, top, ref, threshold)
+
+
+def equal_n(*fst_columns) -> int:
+    """The N at which every FST of every set can be compared: the smallest count of any FST 1..6
+    in any of the given FST arrays (each e.g. a manifest's ``fitzpatrick_scale``)."""
+    counts = [np.bincount(np.asarray(f, dtype=np.int64).clip(0), minlength=7)[1:7] for f in fst_columns]
+    return int(min(c.min() for c in counts)) if counts else 0
