@@ -2,6 +2,7 @@
 #   make test                 pytest + the notebooks under nbval on the `smoke` profile
 #   make paper [PROFILE=...]  the notebooks with papermill (quick | smoke | paper), copies in build/
 SHELL := /bin/bash
+comma := ,
 .DEFAULT_GOAL := help
 PROFILE ?= quick
 PYTHON ?= python3
@@ -11,8 +12,9 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 STAMP := $(VENV)/.installed
 # Real data shipped beside the checkout (tests and the nbval run on Fitzpatrick17k metadata use it).
 SHARED_REAL ?= $(abspath ../shared/data/real)
-# the diffusion variants notebook 02 trains in `make paper` (the ones later notebooks read)
+# the diffusion variants notebooks 02 (train) and 03 (sample) run in `make paper`; 04 compares them
 PAPER_VARIANTS ?= bmg standard
+COMMA_VARIANTS := $(subst $(eval) ,$(comma),$(strip $(PAPER_VARIANTS)))
 # real data / GPU users: make paper PROFILE=paper DATASET=fitzpatrick17k IMAGE_DIR=... SD_PATH=...
 DATASET ?= synthetic
 IMAGE_DIR ?=
@@ -63,6 +65,12 @@ paper: $(STAMP) ## run every notebook with papermill for PROFILE (default quick)
 			echo "== $$nb (PROFILE=$(PROFILE) VARIANT=$$v)"; \
 			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANT $$v -p SD_PATH "$(SD_PATH)" $$nb build/$(PROFILE)/$${name}__$$v.ipynb; \
 		done ;; \
+		03_*) for v in $(PAPER_VARIANTS); do \
+			echo "== $$nb (PROFILE=$(PROFILE) VARIANT=$$v)"; \
+			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANT $$v $$nb build/$(PROFILE)/$${name}__$$v.ipynb; \
+		done ;; \
+		04_*) echo "== $$nb (PROFILE=$(PROFILE) VARIANTS=$(COMMA_VARIANTS))"; \
+			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANTS "$(COMMA_VARIANTS)" $$nb build/$(PROFILE)/$$name.ipynb ;; \
 		01_*) echo "== $$nb (PROFILE=$(PROFILE))"; \
 			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p IMAGE_DIR "$(IMAGE_DIR)" $$nb build/$(PROFILE)/$$name.ipynb ;; \
 		*) echo "== $$nb (PROFILE=$(PROFILE))"; \

@@ -255,8 +255,9 @@ def plan_quota(df: pd.DataFrame, policy: str = "top_up", per_cell: int = 0,
       (an evaluation set, balanced per cell).
 
     ``max_ratio`` caps synthetic:real per cell (gains level off past ~10:1 in the literature; an
-    empty real cell then gets none); ``budget`` caps the total, scaling every cell down in
-    proportion (largest-remainder rounding); ``lesions`` restricts the plan to some lesion types.
+    empty real cell then gets none); ``budget`` caps the total by trimming the largest top-ups
+    first (one common ceiling per cell, so the small top-ups of rare cells are kept whole);
+    ``lesions`` restricts the plan to some lesion types.
 
     Returns:
         one row per cell, FST-major: ``fitzpatrick_scale``, ``lesion``, ``n_real``, ``target``
@@ -290,17 +291,27 @@ def plan_quota(df: pd.DataFrame, policy: str = "top_up", per_cell: int = 0,
         n = np.minimum(n, cap)
     plan["scaled"] = False
     if budget is not None and n.sum() > budget:
-        exact = n * budget / n.sum()
-        scaled = np.floor(exact).astype(np.int64)
-        for i in np.argsort(-(exact - scaled), kind="stable")[: budget - scaled.sum()]:
-            scaled[i] += 1
-        plan["scaled"] = scaled < n
-        n = scaled
+        trimmed = _water_fill(n, budget)
+        plan["scaled"] = trimmed < n
+        n = trimmed
     plan["n_synthetic"] = n
     with np.errstate(divide="ignore", invalid="ignore"):
         plan["ratio"] = np.where(plan["n_real"] > 0, n / plan["n_real"].to_numpy(), np.nan)
     return plan[["fitzpatrick_scale", "lesion", "n_real", "target", "n_synthetic", "ratio",
                  "capped", "scaled"]]
+
+
+def _water_fill(n: np.ndarray, budget: int) -> np.ndarray:
+    """Cap every entry of ``n`` at one level L so that the total is ``budget``: the largest
+    entries are trimmed first and small ones (the rare cells' top-ups) are kept whole."""
+    lo, hi = 0, int(n.max())
+    while lo < hi:  # the largest L with sum(min(n, L)) <= budget
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if np.minimum(n, mid).sum() <= budget else (lo, mid - 1)
+    out = np.minimum(n, lo)
+    for i in np.flatnonzero(n > lo)[: budget - int(out.sum())]:  # hand out the remainder
+        out[i] += 1
+    return out
 
 
 def plan_summary(plan: pd.DataFrame) -> pd.DataFrame:

@@ -168,7 +168,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "diffusion.estimator_epochs": 1,
         "diffusion.warmup_steps": 2,
     },
-    "quick": {},
+    "quick": {"sampling.budget": 1500},
     "paper": {
         "data.image_size": 512,
         "data.n_images": 16000,

@@ -46,6 +46,10 @@ def test_ratio_cap_budget_and_lesion_filter():
     small = balance.plan_quota(_table(), "top_up", max_ratio=10, budget=full // 2)
     assert small["n_synthetic"].sum() == full // 2
     assert (small["n_synthetic"] <= plan["n_synthetic"]).all() and small["scaled"].any()
+    # the budget trims the largest top-ups first: the smallest planned cells are kept whole
+    kept = plan["n_synthetic"] <= small["n_synthetic"].max() - 1
+    assert (small.loc[kept, "n_synthetic"] == plan.loc[kept, "n_synthetic"]).all()
+    assert small.loc[small["scaled"], "n_synthetic"].nunique() <= 2  # one ceiling (±1 remainder)
     only = balance.plan_quota(_table(), "top_up", max_ratio=None, lesions=("nevus",))
     assert set(only.loc[only["n_synthetic"] > 0, "lesion"]) == {"nevus"}
 

@@ -209,3 +209,24 @@ def test_fst_distribution_of_unconditioned_samples():
 
     t = adherence.fst_distribution(np.array([2, 2, 3, 6]))
     assert list(t["n"]) == [0, 2, 1, 0, 0, 1] and t["share"].sum() == pytest.approx(1.0)
+
+
+def test_foreground_weight_emphasises_pixels_unlike_the_skin():
+    x0 = torch.full((1, 3, 8, 8), 0.2)
+    x0[:, :, 3:5, 3:5] = -0.8  # a dark lesion on light skin
+    w = losses.foreground_weight(x0, 4.0)
+    assert w.shape == (1, 1, 8, 8)
+    assert torch.allclose(w[0, 0, 3, 3], torch.tensor(5.0)) and torch.allclose(w[0, 0, 0, 0], torch.tensor(1.0))
+    pred, target = torch.zeros_like(x0), torch.zeros_like(x0)
+    target[:, :, 3:5, 3:5] = 1.0  # an error on the lesion only
+    assert losses.denoising_loss(pred, target, w) > losses.denoising_loss(pred, target)
+
+
+def test_joint_pooled_vector_differs_per_label_pair():
+    from bmglib.model import LabelConditioner
+
+    cond = LabelConditioner(8, pooled="joint")
+    _, pooled = cond(torch.tensor([1, 1, 2]), torch.tensor([0, 1, 0]))
+    assert not torch.allclose(pooled[0], pooled[1]) and not torch.allclose(pooled[0], pooled[2])
+    with pytest.raises(ValueError, match="pooled"):
+        LabelConditioner(8, pooled="max")
