@@ -1,0 +1,577 @@
+"""The downstream melanoma classifier: does adding synthetic images narrow the FST gap?
+
+Three training *arms* — ``real`` (the real training split), ``real+standard`` and ``real+bmg``
+(the same real images plus equally many synthetic images of each generator, see
+:func:`build_arms`) — each trained for several seeds. A torchvision ResNet (ResNet-18 with a
+CIFAR-style stem at 32 px in ``quick``, ResNet-50 in ``paper``) is trained melanoma-vs-rest (one
+logit, BCE); the real validation split chooses the epoch (best AUC), never the test split; the
+real, FST-balanced test split is predicted once. Group metrics: :func:`evaluate_arms`.
+
+Class imbalance (melanoma is ~3.5% of the real training split): every epoch holds a fixed share
+``pos_fraction`` = q of melanomas, each class drawn without replacement from its own endless
+stream of permutations, and melanoma gets ``pos_weight = (1 − q) / q``. In expectation the loss is
+the class-balanced loss, so p ≥ 0.5 is the decision that minimises the balanced error (mean of
+FNR and FPR) whatever the prevalence of a test set. Why not one of the two pure forms: a
+pos_weight of ~28 at the natural prevalence leaves ~2 melanomas per batch of 64 with a weight of
+28 (noisy gradients, batch-norm statistics that barely see a melanoma); balanced sampling
+(q = 0.5) would repeat each real melanoma ~15× per pass over the negatives. q = 0.25 sits between.
+
+Epochs have a fixed size (``epoch_images``), the same for every arm, so arms get the same compute
+and a difference between arms comes from their data, not from more gradient steps. Every epoch
+is checkpointed (weights as safetensors, optimizer, LR schedule, RNG, history); an interrupted
+run resumes to the same weights as an uninterrupted one (the data order and augmentation of an
+epoch are derived from ``(seed, epoch)``). Finished runs are cached under a key of all inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from tqdm.auto import tqdm
+
+from bmglib import config, paths
+from bmglib.data import images
+from bmglib.metrics import fairness
+
+ARMS = ("real", "real+standard", "real+bmg")
+ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet50": (Bottleneck, [3, 4, 6, 3])}
+THRESHOLDS = ("fixed", "val_youden")
+CELL = ["lesion", "fitzpatrick_scale"]
+VERSION = 1  # bump when training changes: invalidates cached runs
+Callback = Callable[[int, dict], None]  # (epoch done, 1-based; its history row)
+
+
+@dataclass
+class DownstreamConfig:
+    """The downstream classifier and its training (profiles: :data:`DOWNSTREAM_PROFILES`).
+
+    ``quick`` is ResNet-18 at width 16: the CIFAR-style stem keeps 32×32 feature maps in the first
+    stage (16× the FLOPs of torchvision's stem at 32 px), so width 64 trains at ~10–15 img/s on
+    2 CPU cores, width 32 at ~100–190 and width 16 at ~320 (1 thread) to ~550 (2 threads): 12
+    epochs of 1024 images take ~40 s per arm and seed (benchmarks/classifier_speed.py).
+    """
+
+    arch: str = "resnet18"  # resnet18 | resnet50 (torchvision blocks)
+    width: int = 16  # first-stage channels (torchvision: 64; ImageNet weights need 64); see below
+    small_stem: bool = True  # 3×3 stride-1 stem conv and no max-pool (CIFAR-style, ≤ 64 px)
+    weights_path: str = ""  # local torchvision ImageNet state dict (.pth | .safetensors); "" = random
+    image_size: int = 32
+    epochs: int = 12
+    epoch_images: int = 1024  # images per epoch, equal for every arm (0 = the training set's size)
+    batch_size: int = 64
+    lr: float = 2e-3  # OneCycle peak
+    weight_decay: float = 5e-4
+    pos_fraction: float = 0.25  # share of melanomas in every epoch (pos_weight = (1 − q) / q)
+    threshold: str = "fixed"  # fixed: p ≥ 0.5 | val_youden: max sensitivity + specificity on val
+    seeds: int = 3  # training seeds seed, seed+1, ...
+    seed: int = 0
+    n_boot: int = 1000  # bootstrap resamples for the CIs of evaluate_arms
+
+
+DOWNSTREAM_PROFILES: dict[str, dict] = {
+    "smoke": {"width": 8, "epochs": 2, "epoch_images": 128, "batch_size": 32, "seeds": 2,
+              "n_boot": 100},
+    "quick": {},
+    "paper": {"arch": "resnet50", "width": 64, "small_stem": False, "image_size": 224,
+              "epochs": 30, "epoch_images": 0, "lr": 3e-4, "weight_decay": 1e-4, "seeds": 5,
+              "n_boot": 2000},
+}
+
+
+def downstream_config(profile: str = "quick", overrides: dict | None = None) -> DownstreamConfig:
+    """A profile's :class:`DownstreamConfig` plus strict overrides (``"epochs"`` or
+    ``"downstream.epochs"``): an unknown key or a wrong type is a ``config.ConfigError``."""
+    if profile not in DOWNSTREAM_PROFILES:
+        raise config.ConfigError(f"unknown profile {profile!r}; choose one of "
+                                 f"{list(DOWNSTREAM_PROFILES)}")
+    cfg = DownstreamConfig()
+    names = [f.name for f in dataclasses.fields(cfg)]
+    for key, value in {**DOWNSTREAM_PROFILES[profile], **(overrides or {})}.items():
+        name = key.removeprefix("downstream.")
+        if name not in names:
+            raise config.ConfigError(f"unknown config key {key!r}; downstream has {names}")
+        setattr(cfg, name, config._check_type(key, value, getattr(cfg, name)))
+    if cfg.arch not in ARCHS or cfg.threshold not in THRESHOLDS or not 0 < cfg.pos_fraction < 1:
+        raise config.ConfigError(f"arch must be in {list(ARCHS)}, threshold in {THRESHOLDS}, "
+                                 f"0 < pos_fraction < 1; got {cfg}")
+    return cfg
+
+
+# --- the arms -----------------------------------------------------------------------------------
+
+
+def subsample_stratified(df: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """``n`` rows of ``df`` keeping its lesion × FST cell proportions (largest-remainder rounding;
+    a cell too small for its share gets what rounding gives it). Seeded, independent of row order.
+    """
+    if n >= len(df):
+        return df
+    df = df.sort_values([*CELL, "md5hash"])
+    sizes = df.groupby(CELL, sort=True).size()
+    exact = sizes.to_numpy() * n / len(df)
+    alloc = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - alloc), kind="stable")[: n - alloc.sum()]:
+        alloc[i] += 1
+    rng = np.random.default_rng([seed, 17])
+    keep = [rng.choice(rows.index.to_numpy(), size=k, replace=False)
+            for (_, rows), k in zip(df.groupby(CELL, sort=True), alloc, strict=True)]
+    return df.loc[np.sort(np.concatenate(keep))]
+
+
+def build_arms(real_train: pd.DataFrame, standard: pd.DataFrame | None = None,
+               bmg: pd.DataFrame | None = None, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """The training tables of the arms; the larger synthetic set is subsampled (stratified by
+    cell, :func:`subsample_stratified`) to the smaller one's size. A ``train_source`` column says
+    ``real`` or ``synthetic``. Without both synthetic sets only ``real`` is returned."""
+    arms = {"real": real_train.assign(train_source="real")}
+    if standard is None or bmg is None:
+        return arms
+    n = min(len(standard), len(bmg))
+    for name, syn in (("real+standard", standard), ("real+bmg", bmg)):
+        part = subsample_stratified(syn, n, seed).assign(train_source="synthetic")
+        arms[name] = pd.concat([arms["real"], part], ignore_index=True)
+    return arms
+
+
+# --- the model ----------------------------------------------------------------------------------
+
+
+def _resnet(arch: str, width: int) -> ResNet:
+    """torchvision's ResNet with ``width`` channels in the first stage (64: torchvision's own)."""
+    block, layers = ARCHS[arch]
+    net = ResNet(block, layers, num_classes=1)
+    if width == 64:
+        return net
+    net.inplanes = width
+    net.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    for i, n_blocks in enumerate(layers):
+        setattr(net, f"layer{i + 1}", net._make_layer(block, width * 2**i, n_blocks,
+                                                      stride=1 if i == 0 else 2))
+    net.fc = nn.Linear(width * 8 * block.expansion, 1)
+    for m in net.modules():  # torchvision's initialisation, for the rebuilt modules
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return net
+
+
+class MelanomaResNet(nn.Module):
+    """A ResNet with one melanoma logit. Input (B, 3, S, S) float in [-1, 1] → logits (B,).
+
+    Inputs are mapped to ImageNet normalisation inside the model (what ImageNet weights expect;
+    harmless from scratch, the first batch norm follows)."""
+
+    def __init__(self, arch: str = "resnet18", width: int = 64, small_stem: bool = True):
+        super().__init__()
+        self.net = _resnet(arch, width)
+        if small_stem:
+            self.net.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+            nn.init.kaiming_normal_(self.net.conv1.weight, mode="fan_out", nonlinearity="relu")
+            self.net.maxpool = nn.Identity()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(((x + 1) / 2 - self.mean) / self.std).squeeze(1)
+
+
+def build_model(cfg: DownstreamConfig) -> MelanomaResNet:
+    """The classifier of ``cfg``, with ImageNet weights from ``cfg.weights_path`` if given (never
+    downloaded): every backbone tensor must load; the 1-logit head (and the 3×3 stem conv with
+    ``small_stem``) stay freshly initialised."""
+    model = MelanomaResNet(cfg.arch, cfg.width, cfg.small_stem)
+    if not cfg.weights_path:
+        return model
+    if cfg.width != 64:
+        raise ValueError(f"ImageNet weights need width=64, got width={cfg.width}")
+    path = Path(cfg.weights_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights_path {path} not found (weights are never downloaded)")
+    state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+    fresh = ("fc.", "conv1.") if cfg.small_stem else ("fc.",)
+    state = {k: v for k, v in state.items() if not k.startswith(fresh)}
+    wrong = f"{path} is not a torchvision {cfg.arch} state dict"
+    try:
+        missing, unexpected = model.net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"{wrong}: {str(e).splitlines()[1].strip()} ...") from None
+    missing = [k for k in missing if not k.startswith(fresh)]
+    if missing or unexpected:
+        raise ValueError(f"{wrong}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random flip/90°-rotation (one of the 8 dihedral poses) per image of (B, 3, S, S).
+    Geometry only: colour jitter would move the skin's ITA and so its apparent FST."""
+    t, h, v = (torch.rand(3, len(x), generator=gen) < 0.5).view(3, -1, 1, 1, 1)
+    x = torch.where(t, x.transpose(2, 3), x)
+    x = torch.where(h, x.flip(3), x)
+    return torch.where(v, x.flip(2), x)
+
+
+def _stream(n: int, start: int, count: int, key: list[int]) -> np.ndarray:
+    """Items ``start .. start+count`` of an endless chain of permutations of ``range(n)``,
+    the ``c``-th seeded by ``key + [c]``: every item once per cycle, and stateless."""
+    out, pos = [], start
+    while sum(len(o) for o in out) < count:
+        cycle, offset = divmod(pos, n)
+        take = np.random.default_rng([*key, cycle]).permutation(n)[offset:offset + count - pos + start]
+        out.append(take)
+        pos += len(take)
+    return np.concatenate(out) if out else np.zeros(0, int)
+
+
+def epoch_indices(y: np.ndarray, epoch: int, n_images: int, pos_fraction: float,
+                  seed: int) -> np.ndarray:
+    """Training rows of ``epoch`` (0-based): ``round(q·n)`` melanomas and the rest others, each
+    class without replacement from its own stream (so the epoch depends only on its arguments);
+    shuffled. ``y``: (N,) {0, 1}. Returns (n_images,) int indices into ``y``."""
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    k = int(round(pos_fraction * n_images))
+    idx = np.concatenate([pos[_stream(len(pos), epoch * k, k, [seed, 1])],
+                          neg[_stream(len(neg), epoch * (n_images - k), n_images - k, [seed, 0])]])
+    return idx[np.random.default_rng([seed, 2, epoch]).permutation(len(idx))]
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] → float32 [-1, 1] (the inverse of :func:`load_images`' storage)."""
+    return x.float().div_(127.5).sub_(1.0)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Logits (N,) of uint8 images (N, 3, S, S), in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model(to_float(x[i:i + batch_size]).to(device)).float().cpu()
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+@dataclass
+class FitResult:
+    model: MelanomaResNet  # the best epoch's weights, eval mode
+    history: pd.DataFrame  # epoch, loss, val_loss, val_auc, lr, seconds, images_per_s, best
+    best_epoch: int  # 1-based
+    resumed_from: int  # epoch of the checkpoint resumed from (0 = fresh)
+
+
+def _check_labels(y_train: np.ndarray, y_val: np.ndarray) -> None:
+    for name, y in (("training", y_train), ("validation", y_val)):
+        if y.sum() == 0 or y.sum() == len(y):
+            raise ValueError(f"the {name} labels are all one class ({int(y.sum())} melanomas of "
+                             f"{len(y)}): need both to train and to choose the epoch by AUC")
+
+
+def _save_checkpoint(ck: Path, model, best_state, opt, sched, state: dict) -> None:
+    """Write ``ck`` atomically (a temporary folder renamed): it exists only once complete."""
+    tmp = ck.with_name(ck.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    save_file(best_state, tmp / "best.safetensors")
+    torch.save({**state, "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
+    old = ck.with_name(ck.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if ck.exists():
+        ck.rename(old)
+    tmp.rename(ck)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(ck: Path, run_id: str, model, opt, sched) -> dict | None:
+    """Restore ``ck`` into model/opt/sched; None (start fresh) if absent or of another run."""
+    if not (ck / "state.pt").exists():  # interrupted between the two renames of _save_checkpoint
+        ck = ck.with_name(ck.name + ".old")
+    if not (ck / "state.pt").exists():
+        return None
+    state = torch.load(ck / "state.pt", weights_only=False)
+    if state.get("run_id") != run_id:
+        return None
+    model.load_state_dict(load_file(ck / "model.safetensors"))
+    opt.load_state_dict(state.pop("opt"))
+    sched.load_state_dict(state.pop("sched"))
+    torch.set_rng_state(state.pop("torch_rng"))
+    state["best_state"] = load_file(ck / "best.safetensors")
+    return state
+
+
+def fit(x_train: torch.Tensor, y_train: np.ndarray, x_val: torch.Tensor, y_val: np.ndarray,
+        cfg: DownstreamConfig, seed: int = 0, ckpt_dir: str | Path | None = None,
+        run_id: str = "", callbacks: Sequence[Callback] = (), progress: bool = True,
+        desc: str = "downstream epochs") -> FitResult:
+    """Train :func:`build_model` on uint8 images ``x_*`` (N, 3, S, S) with labels ``y_*`` (N,)
+    {0, 1}; keep the epoch with the best validation AUC.
+
+    ``ckpt_dir``: checkpoint after every epoch and resume from it when its ``run_id`` matches.
+    ``callbacks`` run after each epoch's checkpoint with (epoch, history row); one that raises
+    interrupts training, which a later call resumes.
+    """
+    y_train, y_val = np.asarray(y_train, int), np.asarray(y_val, int)
+    _check_labels(y_train, y_val)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(seed)
+    model = build_model(cfg).to(device)
+    n_epoch = cfg.epoch_images or len(x_train)
+    steps = max(1, n_epoch // cfg.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps)
+    w = torch.tensor((1 - cfg.pos_fraction) / cfg.pos_fraction, device=device)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=w)
+    ck = Path(ckpt_dir) / "last" if ckpt_dir else None
+    state = (_load_checkpoint(ck, run_id, model, opt, sched) if ck else None) or {
+        "epoch": 0, "history": [], "best_auc": -np.inf, "best_epoch": 0, "best_state": None}
+    resumed_from = state["epoch"]
+    bar = tqdm(range(state["epoch"], cfg.epochs), initial=state["epoch"], total=cfg.epochs,
+               desc=desc, disable=not progress)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        loss = _train_epoch(model, opt, sched, loss_fn, x_train, y_train, epoch, steps, cfg, seed)
+        seconds = time.perf_counter() - t0
+        logits = predict_logits(model, x_val)
+        val_loss = float(loss_fn(torch.from_numpy(logits).to(device),
+                                 torch.from_numpy(y_val).float().to(device)))
+        val_auc = fairness.auc(y_val, logits)
+        row = {"epoch": epoch + 1, "loss": loss, "val_loss": val_loss, "val_auc": val_auc,
+               "lr": sched.get_last_lr()[0], "seconds": seconds,
+               "images_per_s": steps * cfg.batch_size / seconds}
+        state["history"].append(row)
+        if val_auc > state["best_auc"] or state["best_state"] is None:
+            state.update(best_auc=val_auc, best_epoch=epoch + 1, best_state={
+                k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()})
+        state["epoch"] = epoch + 1
+        bar.set_postfix(loss=f"{loss:.3f}", val_auc=f"{val_auc:.3f}")
+        if ck:
+            _save_checkpoint(ck, model, state["best_state"], opt, sched,
+                             {k: v for k, v in state.items() if k != "best_state"} | {"run_id": run_id})
+        for cb in callbacks:
+            cb(epoch + 1, row)
+    model.load_state_dict(state["best_state"])
+    history = pd.DataFrame(state["history"]).assign(
+        best=lambda h: h["epoch"] == state["best_epoch"])
+    return FitResult(model.eval(), history, state["best_epoch"], resumed_from)
+
+
+def _train_epoch(model, opt, sched, loss_fn, x_train, y_train, epoch, steps, cfg, seed) -> float:
+    """One epoch of ``steps`` batches; returns the mean training loss."""
+    model.train()
+    device = next(model.parameters()).device
+    idx = torch.from_numpy(epoch_indices(y_train, epoch, steps * cfg.batch_size,
+                                         cfg.pos_fraction, seed))
+    y = torch.from_numpy(y_train).float()
+    gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, 3, epoch]).integers(2**62)))
+    losses = []
+    for b in idx.split(cfg.batch_size):
+        x = augment(to_float(x_train[b]), gen).to(device)
+        loss = loss_fn(model(x), y[b].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return float(np.mean(losses))
+
+
+# --- images, arms and seeds ---------------------------------------------------------------------
+
+_PIXELS: dict[tuple[str, str, int], torch.Tensor] = {}  # (image_path, md5hash, size) → image
+PIXEL_BUDGET = 2 * 2**30  # bytes of decoded images kept per process (6k images at 32 px: 18 MB)
+
+
+def load_images(df: pd.DataFrame, size: int, progress: bool = True) -> torch.Tensor:
+    """A table's images as (N, 3, size, size) uint8 in [0, 255] (decoded by
+    ``images.load_tensor``). Kept in memory per process up to :data:`PIXEL_BUDGET` bytes, so the
+    arms and seeds that share the real images decode them once; uint8 is 4× smaller than float.
+    Keyed by path *and* ``md5hash`` (the file's content): a sample set redrawn to the same file
+    names is decoded afresh."""
+    keys = list(zip(df["image_path"].astype(str), df["md5hash"].astype(str), [size] * len(df),
+                    strict=True))
+    todo = [k for k in dict.fromkeys(keys) if k not in _PIXELS]
+    fresh: dict[tuple[str, str, int], torch.Tensor] = {}
+    if todo:
+        x = images.load_tensor(pd.DataFrame({"image_path": [k[0] for k in todo]}), size, progress)
+        fresh = dict(zip(todo, x.add_(1.0).mul_(127.5).round_().to(torch.uint8), strict=True))
+        used = sum(v.nbytes for v in _PIXELS.values())
+        for k, img in fresh.items():
+            if used + img.nbytes > PIXEL_BUDGET:
+                break
+            _PIXELS[k] = img.clone()
+            used += img.nbytes
+    if not keys:
+        return torch.zeros((0, 3, size, size), dtype=torch.uint8)
+    return torch.stack([fresh[k] if k in fresh else _PIXELS[k] for k in keys])
+
+
+def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, rule: str = "fixed") -> float:
+    """The melanoma decision threshold: ``fixed`` 0.5 (the balanced-error decision under the
+    class-balanced loss); ``val_youden`` the validation p maximising sensitivity + specificity
+    (never chosen on the test split). ``p_val``: (N,) in [0, 1]."""
+    if rule == "fixed":
+        return 0.5
+    if rule != "val_youden":
+        raise ValueError(f"threshold rule must be one of {THRESHOLDS}, got {rule!r}")
+    y_val, p_val = np.asarray(y_val, int), np.asarray(p_val, float)
+    cands = np.unique(p_val)
+    j = [np.mean(p_val[y_val == 1] >= t) + np.mean(p_val[y_val == 0] < t) for t in cands]
+    return float(cands[int(np.argmax(j))])
+
+
+@dataclass
+class ArmResult:
+    arm: str
+    seed: int
+    predictions: pd.DataFrame  # test rows: md5hash, image_path, fitzpatrick_scale, lesion,
+    #                            y_true, p_melanoma, y_pred, arm, seed
+    history: pd.DataFrame  # per epoch (see FitResult)
+    info: dict  # best_epoch, threshold, n_train, n_pos, n_synthetic, train_seconds, images_per_s
+    out_dir: Path
+    cached: bool
+
+
+TABLE_COLUMNS = ("md5hash", "image_path", "fitzpatrick_scale", "lesion")
+
+
+def _weights_digest(path: str) -> str:
+    import hashlib
+
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def arm_key(arm: str, train_df, val_df, test_df, cfg: DownstreamConfig, seed: int) -> str:
+    """The cache key of one run: every input it depends on (tables by content, the training
+    config without ``seeds``/``n_boot``, the weights file's md5, the seed, :data:`VERSION`)."""
+    cols = ("md5hash", "fitzpatrick_scale", "lesion")
+    training = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("seeds", "n_boot")}
+    if cfg.weights_path:
+        training["weights_md5"] = _weights_digest(cfg.weights_path)
+    return config.cache_key(arm=arm, train=config.hash_table(train_df, cols),
+                            val=config.hash_table(val_df, cols),
+                            test=config.hash_table(test_df, cols), cfg=training, seed=seed,
+                            version=VERSION)
+
+
+def _read_result(out: Path, key: str, arm: str, seed: int) -> ArmResult | None:
+    meta = out / "result.json"
+    if not meta.exists() or json.loads(meta.read_text()).get("cache_key") != key:
+        return None
+    info = json.loads(meta.read_text())["info"]
+    return ArmResult(arm, seed, pd.read_csv(out / "predictions.csv"),
+                     pd.read_csv(out / "history.csv"), info, out, True)
+
+
+def run_arm(arm: str, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df: pd.DataFrame,
+            cfg: DownstreamConfig, seed: int = 0, out_dir: str | Path | None = None,
+            progress: bool = True, use_cache: bool = True,
+            callbacks: Sequence[Callback] = ()) -> ArmResult:
+    """Train one arm for one seed, choose the epoch on ``val_df``, predict ``test_df``; cached.
+
+    Tables follow the metadata schema (``md5hash``, ``image_path``, ``fitzpatrick_scale``,
+    ``lesion``; melanoma = ``lesion == "melanoma"``): ``train_df`` from :func:`build_arms`,
+    ``val_df``/``test_df`` the real splits. ``out_dir`` (default ``cache_dir()/downstream_<key>``)
+    holds ``checkpoints/`` while training — a call with the same inputs resumes there — then
+    ``predictions.csv``, ``history.csv``, ``model.safetensors`` (best epoch), ``result.json``.
+    """
+    for name, df in (("train", train_df), ("val", val_df), ("test", test_df)):
+        missing = [c for c in TABLE_COLUMNS if c not in df.columns]
+        if missing:
+            raise ValueError(f"run_arm: the {name} table lacks column(s) {missing}")
+    key = arm_key(arm, train_df, val_df, test_df, cfg, seed)
+    out = Path(out_dir) if out_dir else paths.cache_dir() / f"downstream_{key}"
+    if use_cache and (hit := _read_result(out, key, arm, seed)):
+        return hit
+    train = train_df.sort_values("md5hash").reset_index(drop=True)  # the set matters, not its order
+    parts = {"train": train, "val": val_df, "test": test_df}
+    x = {k: load_images(d, cfg.image_size, progress) for k, d in parts.items()}
+    y = {k: (d["lesion"] == "melanoma").to_numpy(int) for k, d in parts.items()}
+    res = fit(x["train"], y["train"], x["val"], y["val"], cfg, seed, out / "checkpoints", key,
+              callbacks, progress, desc=f"{arm} seed {seed}")
+    p_val, p_test = (1 / (1 + np.exp(-predict_logits(res.model, x[k]))) for k in ("val", "test"))
+    threshold = choose_threshold(y["val"], p_val, cfg.threshold)
+    preds = test_df[list(TABLE_COLUMNS)].reset_index(drop=True).assign(
+        y_true=y["test"], p_melanoma=p_test, y_pred=(p_test >= threshold).astype(int),
+        arm=arm, seed=seed)
+    trained = res.history.iloc[res.resumed_from:]
+    info = {"best_epoch": res.best_epoch, "threshold": threshold, "n_train": len(train),
+            "n_pos": int(y["train"].sum()),
+            "n_synthetic": int((train.get("train_source", pd.Series(dtype=str)) == "synthetic").sum()),
+            "train_seconds": float(trained["seconds"].sum()),
+            "images_per_s": float(trained["images_per_s"].median()) if len(trained) else None}
+    out.mkdir(parents=True, exist_ok=True)
+    preds.to_csv(out / "predictions.csv", index=False)
+    res.history.to_csv(out / "history.csv", index=False)
+    save_file({k: v.contiguous() for k, v in res.model.state_dict().items()},
+              out / "model.safetensors")
+    stamp = config.provenance(None, dataset_hash=config.hash_table(train), seed=seed, arm=arm,
+                              downstream=dataclasses.asdict(cfg), cache_key=key, info=info)
+    config.write_provenance(out / "result.json", stamp)  # written last: marks the run complete
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return ArmResult(arm, seed, preds, res.history, info, out, False)
+
+
+def load_arm_model(result: ArmResult) -> MelanomaResNet:
+    """The best-epoch classifier of a finished run (eval mode), rebuilt from its stored config."""
+    stored = json.loads((result.out_dir / "result.json").read_text())["downstream"]
+    model = build_model(dataclasses.replace(DownstreamConfig(**stored), weights_path=""))
+    model.load_state_dict(load_file(result.out_dir / "model.safetensors"))
+    return model.eval()
+
+
+@dataclass
+class ArmRuns:
+    predictions: pd.DataFrame  # every arm × seed: ArmResult.predictions rows
+    history: pd.DataFrame  # every arm × seed: per-epoch history with arm, seed
+    runs: pd.DataFrame  # one row per (arm, seed): ArmResult.info, cached, out_dir
+
+
+def run_arms(arms: dict[str, pd.DataFrame], val_df: pd.DataFrame, test_df: pd.DataFrame,
+             cfg: DownstreamConfig, progress: bool = True, use_cache: bool = True) -> ArmRuns:
+    """:func:`run_arm` for every arm (:func:`build_arms`) and seed ``cfg.seed .. + cfg.seeds``."""
+    results = [run_arm(arm, train, val_df, test_df, cfg, seed, progress=progress,
+                       use_cache=use_cache)
+               for arm, train in arms.items() for seed in range(cfg.seed, cfg.seed + cfg.seeds)]
+    return ArmRuns(
+        pd.concat([r.predictions for r in results], ignore_index=True),
+        pd.concat([r.history.assign(arm=r.arm, seed=r.seed) for r in results], ignore_index=True),
+        pd.DataFrame([{"arm": r.arm, "seed": r.seed, **r.info, "cached": r.cached,
+                       "out_dir": str(r.out_dir)} for r in results]))
+
+
+def evaluate_arms(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
+                  level: float = 0.95) -> dict[str, pd.DataFrame]:
+    """Fairness tables of every arm over its seeds (``bmglib.metrics.fairness``): ``per_fst``
+    and ``per_group`` (:func:`~bmglib.metrics.fairness.seed_metrics`) and ``summary`` (gap,
+    EDFR, ... :func:`~bmglib.metrics.fairness.fairness_summary`), each with an ``arm`` column."""
+    tables: dict[str, list[pd.DataFrame]] = {"per_fst": [], "per_group": [], "summary": []}
+    for arm, preds in predictions.groupby("arm", sort=False):
+        sp = fairness.stack_seeds(preds)
+        kw = {"n_boot": n_boot, "seed": seed, "level": level}
+        tables["per_fst"].append(fairness.seed_metrics(sp, "fst", **kw).reset_index())
+        tables["per_group"].append(fairness.seed_metrics(sp, "group", **kw).reset_index())
+        tables["summary"].append(fairness.fairness_summary(sp, **kw).reset_index())
+        for t in tables.values():
+            t[-1].insert(0, "arm", arm)
+    return {k: pd.concat(v, ignore_index=True) for k, v in tables.items()}
