@@ -144,3 +144,87 @@ def plot_pairs(pairs: pd.DataFrame, size: int, title: str, save_to=None):
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(pad=0.2)
     return save(fig, save_to)
+
+
+def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
+    """A GitHub-markdown table (no tabulate dependency); floats to ``digits`` significant digits."""
+    df = df.reset_index() if df.index.name or not isinstance(df.index, pd.RangeIndex) else df
+    cells = [[f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in row]
+             for row in df.itertuples(index=False)]
+    head = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
+
+
+#: The seed paper's claims, shown beside our numbers and labelled as claimed (never computed).
+CLAIMED = {
+    "real": "acc IV–VI 68%, gap 27%, EDFR 0.21",
+    "real+standard": "FID 32.7",
+    "real+bmg": "FID 8.5 / 12.8, acc IV–VI 92%, gap 3%, EDFR 0.07",
+}
+ARM_VARIANT = {"real": None, "real+standard": "standard", "real+bmg": "bmg"}
+
+
+def _ci(mean: float, sd: float, lo: float, hi: float) -> str:
+    sd_text = "" if not np.isfinite(sd) else f" ± {sd:.3f}"
+    return f"{mean:.3f}{sd_text} [{lo:.3f}, {hi:.3f}]"
+
+
+def results_table(per_group: pd.DataFrame, summary: pd.DataFrame,
+                  image_metrics: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The paper-style table, one row per arm: FID I–III / IV–VI of the arm's synthetic variant
+    (04), accuracy I–III / IV–VI, EDFR and the fairness gap as ``mean ± sd over seeds [95% CI]``,
+    the N behind them, and the seed paper's claim in a separate column.
+
+    ``per_group``/``summary``: :func:`bmglib.downstream.evaluate_arms` tables; ``image_metrics``:
+    ``04_image_metrics.csv`` (rows of ``group_image_metrics`` with ``variant``)."""
+    rows = []
+    for arm, g in per_group.groupby("arm", sort=False):
+        g = g.set_index("group")
+        s = summary[summary["arm"] == arm].set_index("contrast")
+        row = {"arm": arm}
+        variant = ARM_VARIANT.get(arm)
+        for grp in ("I-III", "IV-VI"):
+            fid = np.nan
+            if image_metrics is not None and variant is not None:
+                m = image_metrics[(image_metrics["variant"] == variant) & (image_metrics["group"] == grp)]
+                fid = float(m["fid"].iloc[0]) if len(m) else np.nan
+            row[f"FID {grp}"] = "—" if not np.isfinite(fid) else f"{fid:.1f}"
+        for grp in ("I-III", "IV-VI"):
+            r = g.loc[grp]
+            row[f"accuracy {grp}"] = _ci(r["accuracy"], r["accuracy_sd"], r["accuracy_ci_low"],
+                                          r["accuracy_ci_high"])
+        for name, label in (("edfr", "EDFR"), ("accuracy_gap", "gap (acc I–III − IV–VI)")):
+            r = s.loc[name]
+            row[label] = _ci(r["value"], r["sd"], r["ci_low"], r["ci_high"])
+        lo, hi = g.loc["I-III"], g.loc["IV-VI"]
+        row["n test (mel) I–III / IV–VI"] = (f"{int(lo['n'])} ({int(lo['n_pos'])}) / "
+                                             f"{int(hi['n'])} ({int(hi['n_pos'])})")
+        row["seeds"] = int(lo["seeds"])
+        row["claimed (seed paper)"] = CLAIMED.get(arm, "")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("arm")
+
+
+def plot_arm_metrics(per_fst: pd.DataFrame, metrics=("sensitivity", "accuracy", "auc"),
+                     title: str = "", save_to=None):
+    """Per-FST bars per arm, with the image-bootstrap 95% CI of the seed mean as error bars.
+    ``per_fst``: :func:`bmglib.downstream.evaluate_arms` ``per_fst`` table."""
+    t = per_fst[per_fst["group"].astype(str) != "overall"]
+    groups = list(dict.fromkeys(t["group"]))
+    arms = list(dict.fromkeys(t["arm"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
+    width = 0.8 / len(arms)
+    for ax, m in zip(axes[0], metrics, strict=True):
+        for k, arm in enumerate(arms):
+            r = t[t["arm"] == arm].set_index("group").reindex(groups)
+            x = np.arange(len(groups)) + (k - (len(arms) - 1) / 2) * width
+            err = np.vstack([(r[m] - r[f"{m}_ci_low"]).clip(lower=0), (r[f"{m}_ci_high"] - r[m]).clip(lower=0)])
+            ax.bar(x, r[m], width, yerr=err, capsize=2, label=arm)
+        ax.set_xticks(np.arange(len(groups)), [schema.FST_ROMAN.get(int(g), str(g)) for g in groups])
+        ax.set(title=m, ylim=(0, 1.05), xlabel="FST")
+    axes[0, 0].legend(fontsize=8)
+    n_pos = t.groupby("group")["n_pos"].first()
+    fig.suptitle(f"{title} (melanomas per FST: {n_pos.to_dict()})", fontsize=9)
+    fig.tight_layout()
+    return save(fig, save_to)

@@ -33,6 +33,7 @@ from torch.func import functional_call, jacrev, jvp, vjp, vmap
 from tqdm.auto import tqdm
 
 from bmglib.data import schema, synthetic
+from bmglib.report import to_markdown
 
 Params = dict[str, torch.Tensor]
 
@@ -295,16 +296,6 @@ def mean_gap(values: np.ndarray, fst: np.ndarray, a=(4, 5, 6), b=(1, 2, 3), n_bo
     lo, hi = np.percentile(boots, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
     return {"gap": float(va.mean() - vb.mean()), "ci_low": float(lo), "ci_high": float(hi),
             "n_a": len(va), "n_b": len(vb), "p_le_0": float(np.mean(boots <= 0))}
-
-
-def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
-    """A GitHub-markdown table (no tabulate dependency); floats to ``digits`` significant digits."""
-    df = df.reset_index() if df.index.name or not isinstance(df.index, pd.RangeIndex) else df
-    cells = [[f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in row]
-             for row in df.itertuples(index=False)]
-    head = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
 
 
 def training_share(table: pd.DataFrame, fst) -> np.ndarray:
