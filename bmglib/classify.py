@@ -45,6 +45,32 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.rot90(x, int(torch.randint(4, (1,), generator=gen)), dims=(2, 3))
 
 
+def train_multiclass(x: torch.Tensor, y: torch.Tensor, n_out: int, *, epochs: int = 6,
+                     batch_size: int = 64, lr: float = 2e-3, width: int = 16, seed: int = 0,
+                     balanced: bool = False, desc: str = "classifier",
+                     progress: bool = True) -> SmallCNN:
+    """A :class:`SmallCNN` with ``n_out`` classes trained by cross-entropy on images ``x``
+    (N, 3, H, W) in [-1, 1] with labels ``y`` (N,) in 0..n_out-1; flips and 90° rotations only.
+    ``balanced``: each epoch draws N images with class-balanced weights (rare classes count),
+    else a permutation. Returns the model in eval mode (parameters still trainable)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = SmallCNN(width, n_out=n_out)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    weights = 1.0 / torch.bincount(y, minlength=n_out).clamp_min(1).double()[y]
+    for _ in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
+        model.train()
+        order = (torch.multinomial(weights, len(x), replacement=True, generator=gen) if balanced
+                 else torch.randperm(len(x), generator=gen))
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            loss = nn.functional.cross_entropy(model(augment(x[idx], gen)), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
 @torch.no_grad()
 def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     """Melanoma probabilities (N,) for images ``x`` (N, 3, H, W) in [-1, 1]."""

@@ -284,6 +284,15 @@ def hash_table(df: pd.DataFrame, columns=("md5hash", "fitzpatrick_scale", "label
     return hashlib.sha256(rows.encode()).hexdigest()[:16]
 
 
+def file_digest(path: str | Path) -> str:
+    """md5 of a file (e.g. the weights an artifact came from), read in chunks."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def cache_key(**inputs: Any) -> str:
     """A short key made of all the inputs of an expensive step (JSON-serialisable values)."""
     blob = json.dumps(inputs, sort_keys=True, default=str)

@@ -451,23 +451,13 @@ class ArmResult:
 TABLE_COLUMNS = ("md5hash", "image_path", "fitzpatrick_scale", "lesion")
 
 
-def _weights_digest(path: str) -> str:
-    import hashlib
-
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def arm_key(arm: str, train_df, val_df, test_df, cfg: DownstreamConfig, seed: int) -> str:
     """The cache key of one run: every input it depends on (tables by content, the training
     config without ``seeds``/``n_boot``, the weights file's md5, the seed, :data:`VERSION`)."""
     cols = ("md5hash", "fitzpatrick_scale", "lesion")
     training = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("seeds", "n_boot")}
     if cfg.weights_path:
-        training["weights_md5"] = _weights_digest(cfg.weights_path)
+        training["weights_md5"] = config.file_digest(cfg.weights_path)
     return config.cache_key(arm=arm, train=config.hash_table(train_df, cols),
                             val=config.hash_table(val_df, cols),
                             test=config.hash_table(test_df, cols), cfg=training, seed=seed,

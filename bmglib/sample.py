@@ -189,12 +189,3 @@ def load_manifest(out_dir: str | Path) -> pd.DataFrame:
     df = pd.read_csv(path)
     df["image_path"] = [str(out_dir / p) for p in df["image_path"]]
     return schema.finalize(df, where=str(path))
-
-
-def file_digest(path: str | Path) -> str:
-    """md5 of a file (e.g. the weights a sample set came from), read in chunks."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

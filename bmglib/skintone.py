@@ -182,11 +182,11 @@ class FSTEstimator(torch.nn.Module):
     scores generated images with the ITA estimator instead, never with this network.
     """
 
-    def __init__(self, width: int = 16):
+    def __init__(self, width: int = 16, net: torch.nn.Module | None = None):
         super().__init__()
         from bmglib.classify import SmallCNN
 
-        self.net = SmallCNN(width, n_out=6)
+        self.net = net if net is not None else SmallCNN(width, n_out=6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.net(x), dim=1)
@@ -200,24 +200,11 @@ def train_fst_estimator(x: torch.Tensor, fst: torch.Tensor, x_val: torch.Tensor,
     Returns ``(model in eval mode, val accuracy, val confusion (6×6 DataFrame: true × predicted))``.
     Augmentation is flips and 90° rotations only (colour jitter would change the label).
     """
-    from tqdm.auto import tqdm
+    from bmglib.classify import train_multiclass
 
-    from bmglib.classify import augment
-
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = FSTEstimator(width)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    y = fst.long() - 1
-    for _ in tqdm(range(epochs), desc="FST estimator", disable=not progress, leave=False):
-        model.train()
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            loss = torch.nn.functional.cross_entropy(model.net(augment(x[idx], gen)), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    net = train_multiclass(x, fst.long() - 1, 6, epochs=epochs, batch_size=batch_size, lr=lr,
+                           width=width, seed=seed, desc="FST estimator", progress=progress)
+    model = FSTEstimator(net=net)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -54,26 +54,11 @@ def train_lesion_classifier(x: torch.Tensor, lesion: torch.Tensor, epochs: int =
                             seed: int = 0, progress: bool = True) -> torch.nn.Module:
     """A :class:`~bmglib.classify.SmallCNN` over ``schema.LESIONS`` on real images ``x`` (N,3,H,W)
     in [-1, 1], ``lesion`` (N,) indices; draws are lesion-balanced (rare types are not ignored)."""
-    from tqdm.auto import tqdm
+    from bmglib.classify import train_multiclass
 
-    from bmglib.classify import SmallCNN, augment
-
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = SmallCNN(width, n_out=len(schema.LESIONS))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    counts = torch.bincount(lesion, minlength=len(schema.LESIONS)).clamp_min(1).double()
-    weights = 1.0 / counts[lesion]
-    for _ in tqdm(range(epochs), desc="lesion classifier", disable=not progress, leave=False):
-        model.train()
-        order = torch.multinomial(weights, len(x), replacement=True, generator=gen)
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            loss = torch.nn.functional.cross_entropy(model(augment(x[idx], gen)), lesion[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+    return train_multiclass(x, lesion, len(schema.LESIONS), epochs=epochs, batch_size=batch_size,
+                            lr=lr, width=width, seed=seed, balanced=True, desc="lesion classifier",
+                            progress=progress)
 
 
 @torch.no_grad()
