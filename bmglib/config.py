@@ -90,6 +90,8 @@ class DiffusionConfig:
     lambda_kl: float = 0.5  # fairness loss: KL(target ‖ batch-mean estimated FST)
     lambda_ce: float = 0.5  # fairness loss: per-sample CE to the requested FST (0 = KL only)
     t_fair: int = 400  # fairness loss only for t ≤ t_fair
+    fair_start: float = 0.0  # share of the steps before the fairness loss starts (the denoiser first)
+    fair_ramp: float = 0.0  # share of the steps over which its λs then rise linearly to full
     estimator: str = "cnn"  # frozen FST estimator of the fairness loss: cnn | ita
     estimator_epochs: int = 6
     checkpoint_every: int = 200

@@ -29,7 +29,7 @@ import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,18 +130,24 @@ def subsample_stratified(df: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFram
     return df.loc[np.sort(np.concatenate(keep))]
 
 
-def build_arms(real_train: pd.DataFrame, standard: pd.DataFrame | None = None,
-               bmg: pd.DataFrame | None = None, seed: int = 0) -> dict[str, pd.DataFrame]:
-    """The training tables of the arms; the larger synthetic set is subsampled (stratified by
-    cell, :func:`subsample_stratified`) to the smaller one's size. A ``train_source`` column says
-    ``real`` or ``synthetic``. Without both synthetic sets only ``real`` is returned."""
+def build_arms(real_train: pd.DataFrame, synthetic: Mapping[str, pd.DataFrame] | None = None,
+               seed: int = 0) -> dict[str, pd.DataFrame]:
+    """The training tables of the arms: ``real``, then ``real+<variant>`` for each synthetic set
+    in ``synthetic`` (variant → manifest), in its order. Every synthetic set is subsampled
+    (stratified by cell, :func:`subsample_stratified`) to the smallest one's size, so the arms
+    differ in which synthetic images they add, not in how many. A ``train_source`` column says
+    ``real`` or ``synthetic``.
+    """
     arms = {"real": real_train.assign(train_source="real")}
-    if standard is None or bmg is None:
+    if not synthetic:
         return arms
-    n = min(len(standard), len(bmg))
-    for name, syn in (("real+standard", standard), ("real+bmg", bmg)):
+    empty = [v for v, syn in synthetic.items() if len(syn) == 0]
+    if empty:
+        raise ValueError(f"empty synthetic set for {empty}: run notebook 03 for these variants first")
+    n = min(len(syn) for syn in synthetic.values())
+    for variant, syn in synthetic.items():
         part = subsample_stratified(syn, n, seed).assign(train_source="synthetic")
-        arms[name] = pd.concat([arms["real"], part], ignore_index=True)
+        arms[f"real+{variant}"] = pd.concat([arms["real"], part], ignore_index=True)
     return arms
 
 

@@ -74,6 +74,24 @@ def lr_factor(step: int, d: config.DiffusionConfig) -> float:
     raise ValueError(f"diffusion.lr_schedule must be 'cosine' or 'constant', got {d.lr_schedule!r}")
 
 
+def fair_factor(step: int, d: config.DiffusionConfig) -> float:
+    """Multiplier of the fairness λs at 0-based ``step``: 0 for the first ``fair_start`` share of
+    the steps, then a linear rise to 1 over the next ``fair_ramp`` share.
+
+    Why: early in training x̂0 is noise, the estimator's verdict on it is meaningless, and its
+    gradient (a CE of about 2.4 against a denoising loss of 0.7 at step 1) steers the UNet into a
+    worse basin that 1,200 steps do not leave (quick `bmg`: denoising loss 0.055 against 0.027
+    without the fairness loss).
+    """
+    for name in ("fair_start", "fair_ramp"):
+        if not 0.0 <= getattr(d, name) <= 1.0:
+            raise ValueError(f"diffusion.{name} must be a share of the steps in [0, 1], got {getattr(d, name)}")
+    start, ramp = d.fair_start * d.steps, d.fair_ramp * d.steps
+    if step < start:
+        return 0.0
+    return 1.0 if ramp <= 0 else min(1.0, (step - start + 1) / ramp)
+
+
 def model_scheduler(model: torch.nn.Module, d: config.DiffusionConfig) -> DDPMScheduler:
     """Stable Diffusion keeps its checkpoint's schedule; the CPU UNet uses :func:`make_scheduler`."""
     return getattr(model, "scheduler", None) or make_scheduler(d)
@@ -170,8 +188,8 @@ def _save_checkpoint(out_dir, step, model, ema, opt, sched, gen, stream, log_row
     return ck
 
 
-def _fair_terms(model_out, x_t, t, fst_req, d, sched, estimator, decode=None):
-    if estimator is None or (d.lambda_kl == 0 and d.lambda_ce == 0):
+def _fair_terms(model_out, x_t, t, fst_req, d, sched, estimator, decode=None, factor=1.0):
+    if estimator is None or (d.lambda_kl == 0 and d.lambda_ce == 0) or factor == 0:
         return None
     x0_hat = losses.predict_x0(sched, x_t, t, model_out)
     if decode is not None:  # latents → pixels for the estimator (only the low-noise samples matter)
@@ -217,7 +235,8 @@ def train_diffusion(cfg: config.Config, train_df: pd.DataFrame, out_dir: str | P
                disable=not progress)
     for step in bar:
         t0 = time.perf_counter()
-        logs = _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator)
+        logs = _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator,
+                           fair_factor(step, d))
         if not np.isfinite(logs["loss"]):
             raise FloatingPointError(f"loss is {logs['loss']} at step {step + 1}: training stopped; "
                                      f"last good checkpoint: {last_ck or 'none (no checkpoint yet)'}")
@@ -236,7 +255,7 @@ def train_diffusion(cfg: config.Config, train_df: pd.DataFrame, out_dir: str | P
     return TrainRun(final, log, out_dir, start)
 
 
-def _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator) -> dict:
+def _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator, factor=1.0) -> dict:
     sums = {"loss": 0.0, "denoise": 0.0, "fair_kl": 0.0, "fair_ce": 0.0, "n_fair": 0}
     for _ in range(d.grad_accum):
         imgs, fst, lesion = stream.next()
@@ -257,8 +276,8 @@ def _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator) -
             weight = losses.foreground_weight(x0, d.fg_weight) if d.fg_weight > 0 and not latent else None
             den = losses.denoising_loss(out, losses.training_target(sched, x0, noise, t), weight)
             decode = accel.unwrap_model(model).decode_latents if latent else None
-            fair = _fair_terms(out, x_t, t, fst.to(accel.device), d, sched, estimator, decode)
-            loss = den if fair is None else den + d.lambda_kl * fair.kl + d.lambda_ce * fair.ce
+            fair = _fair_terms(out, x_t, t, fst.to(accel.device), d, sched, estimator, decode, factor)
+            loss = den if fair is None else den + factor * (d.lambda_kl * fair.kl + d.lambda_ce * fair.ce)
             accel.backward(loss)
             if accel.sync_gradients:
                 accel.clip_grad_norm_(model.parameters(), 1.0)

@@ -35,13 +35,24 @@ def test_build_arms_adds_equally_many_synthetic_images():
     real = _table({("melanoma", 1): 5, ("other", 1): 50}, "r")
     standard = _table({("melanoma", 2): 30, ("other", 2): 90}, "s")
     bmg = _table({("melanoma", 6): 20, ("other", 6): 20}, "g")
-    arms = D.build_arms(real, standard, bmg, seed=0)
+    arms = D.build_arms(real, {"standard": standard, "bmg": bmg}, seed=0)
     assert list(arms) == list(D.ARMS)
     n_syn = {k: int((v["train_source"] == "synthetic").sum()) for k, v in arms.items()}
     assert n_syn == {"real": 0, "real+standard": 40, "real+bmg": 40}
     assert (arms["real+standard"]["lesion"] == "melanoma").sum() == 5 + 10  # 1/4 of standard
     assert set(arms["real"]["md5hash"]) <= set(arms["real+bmg"]["md5hash"])
     assert list(D.build_arms(real)) == ["real"]
+
+
+def test_build_arms_takes_any_number_of_variants_and_names_an_empty_one():
+    real = _table({("melanoma", 1): 5, ("other", 1): 50}, "r")
+    syn = {v: _table({("melanoma", 3): 10 + 10 * i, ("other", 3): 30}, v) for i, v in enumerate("abc")}
+    arms = D.build_arms(real, syn, seed=0)
+    assert list(arms) == ["real", "real+a", "real+b", "real+c"]
+    assert {k: int((v["train_source"] == "synthetic").sum()) for k, v in arms.items()} == {
+        "real": 0, "real+a": 40, "real+b": 40, "real+c": 40}
+    with pytest.raises(ValueError, match=r"\['b'\]"):
+        D.build_arms(real, {**syn, "b": syn["b"].iloc[:0]})
 
 
 def test_epoch_indices_hold_the_melanoma_share_and_cycle_without_replacement():
@@ -207,7 +218,7 @@ def test_run_arms_and_evaluate_arms_end_to_end(tiny_synthetic, tmp_path, monkeyp
     train, val, test = _splits(tiny_synthetic)
     monkeypatch.setattr(D.paths, "cache_dir", lambda: tmp_path)
     synthetic = train.assign(md5hash=train["md5hash"] + "s")  # stand-ins for the generators' sets
-    arms = D.build_arms(train.iloc[::2], synthetic.iloc[:20], synthetic.iloc[20:50], seed=0)
+    arms = D.build_arms(train.iloc[::2], {"standard": synthetic.iloc[:20], "bmg": synthetic.iloc[20:50]}, seed=0)
     runs = D.run_arms(arms, val, test, D.downstream_config("quick", {**TINY, "epochs": 1}),
                       progress=False)
     assert len(runs.runs) == 6 and runs.runs.groupby("arm")["n_synthetic"].first().to_dict() == {

@@ -70,6 +70,18 @@ def test_lambda_zero_switches_the_fairness_loss_off_exactly(tiny_synthetic, tmp_
     assert any(not torch.equal(w["off"][n], w["on"][n]) for n in w["off"])
     assert (off.log["fair_kl"] == 0).all() and (on.log["n_fair"] >= 0).all()
     assert list(off.log["step"]) == [1, 2, 3, 4]
+    # the schedule: never started = off; started half-way = off's weights until then, then not
+    train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 5.0, "diffusion.fair_start": 1.0}), pool,
+                          tmp_path / "never", estimator=est, progress=False)
+    late = train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 5.0, "diffusion.fair_start": 0.5}), pool,
+                                 tmp_path / "late", estimator=est, progress=False)
+    never = load_file(tmp_path / "never" / "final" / "model.safetensors")
+    assert all(torch.equal(w["off"][n], never[n]) for n in never)
+    half = {k: load_file(tmp_path / k / "checkpoints" / "step_0000002" / "model.safetensors") for k in ("off", "late")}
+    assert all(torch.equal(half["off"][n], half["late"][n]) for n in half["off"])
+    assert (late.log["fair_kl"][:2] == 0).all() and late.log["n_fair"][2:].sum() > 0
+    assert any(not torch.equal(w["off"][n], load_file(tmp_path / "late" / "final" / "model.safetensors")[n])
+               for n in w["off"])
 
 
 RUNNER = textwrap.dedent("""
@@ -202,6 +214,17 @@ def test_lr_schedule():
     assert train.lr_factor(55, d) == pytest.approx(0.5) and train.lr_factor(100, d) == pytest.approx(0.0)
     const = _cfg(**{"diffusion.steps": 100, "diffusion.warmup_steps": 10}).diffusion
     assert const.lr_schedule == "constant" and train.lr_factor(90, const) == 1.0
+
+
+def test_fair_factor_waits_then_ramps_and_rejects_bad_shares():
+    d = config.get_config("smoke", {"diffusion.steps": 100, "diffusion.fair_start": 0.5,
+                                    "diffusion.fair_ramp": 0.2}).diffusion
+    f = [train.fair_factor(s, d) for s in range(100)]
+    assert f[:50] == [0.0] * 50 and f[50] == pytest.approx(0.05) and f[59] == pytest.approx(0.5)
+    assert f[69:] == [1.0] * 31 and all(a <= b for a, b in zip(f[:-1], f[1:], strict=True))
+    assert train.fair_factor(0, config.get_config("smoke").diffusion) == 1.0  # default: on from step 1
+    with pytest.raises(ValueError, match="fair_start"):
+        train.fair_factor(0, config.get_config("smoke", {"diffusion.fair_start": 1.5}).diffusion)
 
 
 def test_fst_distribution_of_unconditioned_samples():
