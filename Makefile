@@ -12,8 +12,11 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 STAMP := $(VENV)/.installed
 # Real data shipped beside the checkout (tests and the nbval run on Fitzpatrick17k metadata use it).
 SHARED_REAL ?= $(abspath ../shared/data/real)
-# the diffusion variants notebooks 02 (train) and 03 (sample) run in `make paper`; 04 compares them
-PAPER_VARIANTS ?= bmg standard
+# the diffusion variants notebooks 02 (train) and 03 (sample) run in `make paper`; 04 compares
+# bmg and standard (the paper's figure), 06 all of them (the ablation)
+PAPER_VARIANTS ?= bmg standard no_fairloss no_fst_cond no_resample
+# the variants besides bmg that nbval runs 02 and 03 for (smoke: ~15 s each)
+NBVAL_VARIANTS ?= standard no_fairloss no_fst_cond no_resample
 COMMA_VARIANTS := $(subst $(eval) ,$(comma),$(strip $(PAPER_VARIANTS)))
 # real data / GPU users: make paper PROFILE=paper DATASET=fitzpatrick17k IMAGE_DIR=... SD_PATH=...
 DATASET ?= synthetic
@@ -21,7 +24,7 @@ IMAGE_DIR ?=
 SD_PATH ?=
 NB_ARGS := -p PROFILE $(PROFILE) -p DATASET $(DATASET)
 
-.PHONY: help venv test test-fast test-notebooks test-slow paper data data-fitzpatrick17k benchmark lint clean
+.PHONY: help venv readme test test-fast test-notebooks test-slow paper data data-fitzpatrick17k benchmark lint clean
 
 help: ## print the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-22s %s\n", $$1, $$2}'
@@ -43,13 +46,13 @@ test: lint test-fast test-notebooks ## ruff + pytest + notebooks under nbval (sm
 test-fast: $(STAMP) ## pytest only (unit + functional, not the slow ones)
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
-test-notebooks: $(STAMP) ## the notebooks under nbval --nbval-lax (smoke), in pipeline order, + 01 on Fitzpatrick17k metadata and 02/03 for `standard`
+test-notebooks: $(STAMP) ## the notebooks under nbval --nbval-lax (smoke), in pipeline order, + 01 on Fitzpatrick17k metadata and 02/03 for every variant
 	@mkdir -p build/nbval
 	$(VENV)/bin/papermill --prepare-only -p DATASET fitzpatrick17k notebooks/01_data_audit.ipynb \
 		build/nbval/01_data_audit__fitzpatrick17k.ipynb
-	@for nb in notebooks/02_*.ipynb notebooks/03_*.ipynb; do \
-		$(VENV)/bin/papermill --prepare-only -p VARIANT standard $$nb build/nbval/$$(basename $$nb .ipynb)__standard.ipynb; \
-	done
+	@for nb in notebooks/02_*.ipynb notebooks/03_*.ipynb; do for v in $(NBVAL_VARIANTS); do \
+		$(VENV)/bin/papermill --prepare-only -p VARIANT $$v $$nb build/nbval/$$(basename $$nb .ipynb)__$$v.ipynb; \
+	done; done
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax $$(for nb in $(NOTEBOOKS); do \
 		echo $$nb; ls build/nbval/$$(basename $$nb .ipynb)__*.ipynb 2>/dev/null; done)
 
@@ -69,7 +72,7 @@ paper: $(STAMP) ## run every notebook with papermill for PROFILE (default quick)
 			echo "== $$nb (PROFILE=$(PROFILE) VARIANT=$$v)"; \
 			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANT $$v $$nb build/$(PROFILE)/$${name}__$$v.ipynb; \
 		done ;; \
-		04_*) echo "== $$nb (PROFILE=$(PROFILE) VARIANTS=$(COMMA_VARIANTS))"; \
+		06_*) echo "== $$nb (PROFILE=$(PROFILE) VARIANTS=$(COMMA_VARIANTS))"; \
 			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANTS "$(COMMA_VARIANTS)" $$nb build/$(PROFILE)/$$name.ipynb ;; \
 		01_*) echo "== $$nb (PROFILE=$(PROFILE))"; \
 			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p IMAGE_DIR "$(IMAGE_DIR)" $$nb build/$(PROFILE)/$$name.ipynb ;; \
@@ -78,6 +81,9 @@ paper: $(STAMP) ## run every notebook with papermill for PROFILE (default quick)
 		esac; \
 	done
 	@echo "executed notebooks: build/$(PROFILE)/  figures: figures/$(PROFILE)/"
+
+readme: $(STAMP) ## splice figures/PROFILE/results_table.md and ablation_table.md (from make paper) into README.md
+	$(PY) -m bmglib.report README.md figures/$(PROFILE)/results_table.md figures/$(PROFILE)/ablation_table.md
 
 data: $(STAMP) ## generate the embedded synthetic dataset for PROFILE
 	$(PY) -m bmglib.data.prepare --profile $(PROFILE)

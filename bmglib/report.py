@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+from matplotlib import ticker
 
 from bmglib.data import schema
 
@@ -228,3 +229,138 @@ def plot_arm_metrics(per_fst: pd.DataFrame, metrics=("sensitivity", "accuracy", 
     fig.suptitle(f"{title} (melanomas per FST: {n_pos.to_dict()})", fontsize=9)
     fig.tight_layout()
     return save(fig, save_to)
+
+
+# --- the ablation (06) --------------------------------------------------------------------------
+
+#: what each variant removes from `bmg` (DESIGN.md) and the seed paper's claim about it
+VARIANT_OFF = {"bmg": "nothing (full method)", "no_fairloss": "fairness loss",
+               "no_fst_cond": "FST conditioning", "no_resample": "resampling (natural mix)",
+               "standard": "all three"}
+CLAIMED_ABLATION = {"no_fairloss": "FID variance over FST 4× the full method's",
+                    "no_fst_cond": ">90% II–III when V–VI was asked"}
+
+
+def _share(d: dict | None) -> str:
+    if not d or not d.get("n"):
+        return "—"
+    return f"{d['share']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}] (n={d['n']})"
+
+
+def ablation_table(measures: dict[str, dict], reference: str = "bmg") -> pd.DataFrame:
+    """The ablation table of notebook 06, one row per variant, every number with its N and CI.
+
+    ``measures[variant]``: ``fid`` ({"I-III", "IV-VI"} → FID), ``n_group``, ``fid_sd``, ``n_fst``,
+    ``var_ratio`` (point, low, high: FID variance over FST ÷ the reference's, paired bootstrap),
+    ``fst`` / ``fst_v_vi`` / ``light`` / ``lesion`` (:func:`bmglib.metrics.adherence.share_ci`
+    dicts; ``fst*`` None for a variant without FST conditioning; ``light`` with ``over``), and
+    ``gap`` / ``edfr`` (rows of the downstream ``summary``: value, sd, ci_low, ci_high; None if
+    the arm was not run).
+    """
+    rows = []
+    for v, m in measures.items():
+        r, lo, hi = m["var_ratio"]
+        light = m["light"]
+        row = {
+            "variant": v, "removed": VARIANT_OFF.get(v, "?"),
+            "FID I–III / IV–VI": f"{m['fid']['I-III']:.1f} / {m['fid']['IV-VI']:.1f} (n={m['n_group']} each)",
+            "FID SD over FST": f"{m['fid_sd']:.1f} (n={m['n_fst']} per FST)",
+            f"FID variance ÷ {reference}": "1 (reference)" if v == reference else f"{r:.2f} [{lo:.2f}, {hi:.2f}]",
+            "FST adherence": _share(m["fst"]), "FST adherence V–VI": _share(m["fst_v_vi"]),
+            "II–III share when V–VI asked": _share(light) + ("" if light["over"].startswith("samples requested")
+                                                             else " *"),
+            "lesion adherence": _share(m["lesion"]),
+        }
+        for key, label in (("gap", "downstream gap (acc I–III − IV–VI)"), ("edfr", "downstream EDFR")):
+            s = m.get(key)
+            row[label] = "—" if s is None else _ci(s["value"], s["sd"], s["ci_low"], s["ci_high"])
+        row["claimed (seed paper)"] = CLAIMED_ABLATION.get(v, "")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def plot_ablation(measures: dict[str, dict], reference: str = "bmg", title: str = "", save_to=None):
+    """Four panels, one bar per variant with its 95% interval: FID variance over FST ÷ the
+    reference's (log scale, the claimed 4× marked), FST adherence V–VI, the II–III share when
+    V–VI was asked (hatched: the variant could not be asked, share of all its draws), lesion
+    adherence, and the downstream accuracy gap."""
+    variants = list(measures)
+    x = np.arange(len(variants))
+    fig, axes = plt.subplots(1, 5, figsize=(21, 3.6))
+
+    def bars(ax, vals, title, hatch=None, ylim=(0, 1.05)):
+        v = np.array([a if a is not None else (np.nan, np.nan, np.nan) for a in vals], float)
+        err = np.vstack([(v[:, 0] - v[:, 1]).clip(min=0), (v[:, 2] - v[:, 0]).clip(min=0)])
+        b = ax.bar(x, np.nan_to_num(v[:, 0]), yerr=np.nan_to_num(err), capsize=3, color="C0")
+        for bar, h in zip(b, hatch or [False] * len(vals), strict=True):
+            if h:
+                bar.set(hatch="//", color="C7")
+        ax.set_xticks(x, variants, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        if ylim:
+            ax.set_ylim(*ylim)
+
+    def share(d):
+        return None if not d or not d.get("n") else (d["share"], d["ci_low"], d["ci_high"])
+
+    bars(axes[0], [measures[v]["var_ratio"] for v in variants], f"FID variance over FST ÷ {reference}",
+         ylim=None)
+    axes[0].set_yscale("log")
+    axes[0].yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    axes[0].yaxis.set_minor_formatter(ticker.NullFormatter())
+    axes[0].axhline(1, color="k", lw=0.8)
+    axes[0].axhline(4, color="C3", ls="--", lw=0.8, label="claimed: 4× without fairness loss")
+    axes[0].legend(fontsize=7)
+    bars(axes[1], [share(measures[v]["fst_v_vi"]) for v in variants], "FST adherence, V–VI asked (ITA)")
+    for i, v in enumerate(variants):
+        if measures[v]["fst_v_vi"] is None:
+            axes[1].text(i, 0.05, "not FST-\nconditioned", ha="center", fontsize=7, color="C7")
+    bars(axes[2], [share(measures[v]["light"]) for v in variants], "II–III share when V–VI asked",
+         hatch=[not measures[v]["light"]["over"].startswith("samples requested") for v in variants])
+    axes[2].axhline(0.9, color="C3", ls="--", lw=0.8, label="claimed >0.9 without FST cond.")
+    axes[2].legend(fontsize=7)
+    bars(axes[3], [share(measures[v]["lesion"]) for v in variants], "lesion adherence (chance 0.25)")
+    axes[3].axhline(0.25, color="k", ls=":", lw=0.8)
+    gaps = [None if measures[v].get("gap") is None else
+            (measures[v]["gap"]["value"], measures[v]["gap"]["ci_low"], measures[v]["gap"]["ci_high"])
+            for v in variants]
+    bars(axes[4], gaps, "downstream gap, acc I–III − IV–VI (real + variant)", ylim=None)
+    axes[4].axhline(0, color="k", lw=0.8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, save_to)
+
+
+# --- README ------------------------------------------------------------------------------------
+
+README_BEGIN, README_END = "<!-- results:begin (make readme) -->", "<!-- results:end -->"
+
+
+def splice_readme(readme: str | Path, tables: list[str | Path]) -> str:
+    """Replace the text between :data:`README_BEGIN` and :data:`README_END` in ``readme`` by the
+    generated tables (markdown files written by notebooks 05 and 06, each with its commit and
+    date); a level-1 heading in a table file becomes level 3. Returns the new text and writes it.
+    Missing table files are named in the error (run ``make paper`` first)."""
+    readme = Path(readme)
+    text = readme.read_text()
+    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
+        raise ValueError(f"{readme}: expected one {README_BEGIN!r} and one {README_END!r} marker")
+    missing = [str(t) for t in tables if not Path(t).exists()]
+    if missing:
+        raise FileNotFoundError(f"missing generated tables {missing}: run `make paper` first")
+    parts = []
+    for t in tables:
+        body = Path(t).read_text().strip()
+        parts.append("\n".join("##" + line if line.startswith("# ") else line for line in body.splitlines()))
+    head, rest = text.split(README_BEGIN)
+    _, tail = rest.split(README_END)
+    new = head + README_BEGIN + "\n" + "\n\n".join(parts) + "\n" + README_END + tail
+    readme.write_text(new)
+    return new
+
+
+if __name__ == "__main__":  # python -m bmglib.report README.md figures/quick/results_table.md ...
+    import sys
+
+    splice_readme(sys.argv[1], sys.argv[2:])
+    print(f"{sys.argv[1]}: spliced {len(sys.argv) - 2} tables")

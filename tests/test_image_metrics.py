@@ -342,3 +342,19 @@ def test_fid_bootstrap_is_seeded_and_separates_near_from_far_sets():
 def test_equal_n_is_the_smallest_fst_count_of_any_set():
     assert image.equal_n([1, 1, 2, 3, 4, 5, 6, 6], [1, 2, 2, 3, 3, 4, 5, 6]) == 1
     assert image.equal_n([1, 2, 3, 4, 5]) == 0  # no FST VI
+
+
+def test_fst_spread_bootstrap_separates_an_uneven_generator_and_is_paired():
+    rng = np.random.default_rng(5)
+    fst = np.repeat(np.arange(1, 7), 30)
+    real = rng.normal(size=(180, 8))
+    even = rng.normal(size=(180, 8)) + 0.5
+    uneven = even + np.where(fst == 6, 1.5, 0.0)[:, None]  # one FST drawn much worse
+    a = image.fst_spread_bootstrap(real, fst, even, fst, n=25, n_boot=100, seed=0)
+    b = image.fst_spread_bootstrap(real, fst, uneven, fst, n=25, n_boot=100, seed=0)
+    assert list(a.columns) == ["fid_sd", "fid_var", "kid_sd"] and len(a) == 100
+    ratio = b["fid_var"] / a["fid_var"]
+    assert np.percentile(ratio, 2.5) > 1 and (b["kid_sd"] > a["kid_sd"]).mean() > 0.95
+    pd.testing.assert_frame_equal(a, image.fst_spread_bootstrap(real, fst, even, fst, n=25, n_boot=100, seed=0))
+    with pytest.raises(ValueError, match="FST 3: 30 real and 4 synthetic"):
+        image.fst_spread_bootstrap(real, fst, even[:64], fst[:64], n=25, n_boot=10)

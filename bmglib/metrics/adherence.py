@@ -120,6 +120,17 @@ def lesion_adherence_table(requested: np.ndarray, predicted: np.ndarray,
     return out.astype({"n": int})
 
 
+def share_ci(hits, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Share of true values in ``hits`` (0/1 per image) with a bootstrap percentile CI over
+    images: ``{"n", "share", "ci_low", "ci_high"}`` (NaNs when empty)."""
+    hit = np.asarray(hits, dtype=float)
+    if len(hit) == 0:
+        return {"n": 0, "share": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+    boot = np.random.default_rng(seed).choice(hit, (n_boot, len(hit))).mean(1)
+    lo, hi = np.percentile(boot, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return {"n": int(len(hit)), "share": float(hit.mean()), "ci_low": float(lo), "ci_high": float(hi)}
+
+
 def light_share(estimated: np.ndarray, requested: np.ndarray | None = None, n_boot: int = 2000,
                 seed: int = 0, level: float = 0.95) -> dict:
     """The seed paper's ablation claim: the share of images that come out as FST II–III when V–VI
@@ -133,10 +144,4 @@ def light_share(estimated: np.ndarray, requested: np.ndarray | None = None, n_bo
         sel, over = np.ones(len(estimated), bool), "all samples (FST not requested)"
     else:
         sel, over = np.isin(np.asarray(requested), (5, 6)), "samples requested as V-VI"
-    hit = np.isin(estimated[sel], (2, 3)).astype(float)
-    if len(hit) == 0:
-        return {"n": 0, "share": np.nan, "ci_low": np.nan, "ci_high": np.nan, "over": over}
-    boot = np.random.default_rng(seed).choice(hit, (n_boot, len(hit))).mean(1)
-    lo, hi = np.percentile(boot, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
-    return {"n": int(len(hit)), "share": float(hit.mean()), "ci_low": float(lo),
-            "ci_high": float(hi), "over": over}
+    return {**share_ci(np.isin(estimated[sel], (2, 3)), n_boot, seed, level), "over": over}

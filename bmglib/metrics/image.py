@@ -371,6 +371,39 @@ def fst_spread(table: pd.DataFrame) -> pd.Series:
         "kid_mean": fst["kid"].mean(), "kid_sd": fst["kid"].std(ddof=1)})
 
 
+def fst_spread_bootstrap(real_feats: np.ndarray, real_fst, synth_feats: np.ndarray, synth_fst, *,
+                         n: int, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+    """(n_boot,) bootstrap replicates of the spread of FID and KID over the six FSTs, the
+    quantity behind "removing the fairness loss increased FID variance 4×".
+
+    Per FST, ``n`` real and ``n`` synthetic images are drawn without replacement as in
+    :func:`group_image_metrics` (same ``seed`` → same images), then resampled with replacement.
+    The real draws depend on ``seed`` only, so calls for several variants with one seed are
+    **paired** on the real resamples and their ratios (e.g. of ``fid_var``) are read replicate
+    by replicate. FID replicates sit above the point estimate (see :func:`fid_bootstrap`); read
+    the interval of a *ratio* between variants, not of one FID. Columns: ``fid_sd``, ``fid_var``,
+    ``kid_sd`` (ddof=1 over the six FSTs).
+    """
+    real_feats, synth_feats = np.asarray(real_feats, np.float64), np.asarray(synth_feats, np.float64)
+    rfst = _fst_array(real_fst, len(real_feats), "real_fst")
+    sfst = _fst_array(synth_fst, len(synth_feats), "synth_fst")
+    fids = np.empty((n_boot, len(schema.FST_LEVELS)))
+    kids = np.empty_like(fids)
+    for j, f in enumerate(schema.FST_LEVELS):
+        r, s = np.flatnonzero(rfst == f), np.flatnonzero(sfst == f)
+        if min(len(r), len(s)) < max(n, 2):
+            raise ValueError(f"FST {f}: {len(r)} real and {len(s)} synthetic images, need n={n} of each")
+        rng = np.random.default_rng(seed)
+        rf = real_feats[np.sort(rng.choice(r, n, replace=False))]
+        sf = synth_feats[np.sort(rng.choice(s, n, replace=False))]
+        kids[:, j] = kid_bootstrap(rf, sf, n_boot=n_boot, seed=seed + f)
+        ri = np.random.default_rng([seed, f, 0]).integers(0, n, (n_boot, n))
+        si = np.random.default_rng([seed, f, 1]).integers(0, n, (n_boot, n))
+        fids[:, j] = [frechet_distance(rf[a], sf[b]) for a, b in zip(ri, si, strict=True)]
+    return pd.DataFrame({"fid_sd": fids.std(1, ddof=1), "fid_var": fids.var(1, ddof=1),
+                         "kid_sd": kids.std(1, ddof=1)})
+
+
 # --- memorisation ------------------------------------------------------------------------------
 
 
