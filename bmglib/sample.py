@@ -75,6 +75,28 @@ MANIFEST_EXTRA = ("lesion", "source", "variant", "sample_index", "plan_fst", "re
                   "fst_estimated", "seed", "sampler", "steps", "guidance")
 
 
+def sample_cached(model: torch.nn.Module, train_scheduler, fst: torch.Tensor | None,
+                  lesion: torch.Tensor | None, *, model_id: str, cache_dir: str | Path | None = None,
+                  **kw) -> torch.Tensor:
+    """:func:`sample`, kept on disk under a key of ``model_id`` (e.g. the md5 of the weights), the
+    scheduler config, the labels and every sampling argument in ``kw``: a notebook re-run with
+    an unchanged model reads its samples back instead of drawing them again."""
+    from bmglib import config, paths
+
+    key = config.cache_key(model=model_id, scheduler=dict(train_scheduler.config),
+                           fst=None if fst is None else fst.tolist(),
+                           lesion=None if lesion is None else lesion.tolist(),
+                           **{k: v for k, v in kw.items() if k != "progress"}, version=1)
+    path = Path(cache_dir or paths.cache_dir() / "samples") / f"samples_{key}.pt"
+    if path.exists():
+        return torch.load(path)
+    x = sample(model, train_scheduler, fst, lesion, **kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(x, tmp)
+    tmp.replace(path)
+    return x
+
 def sample_jobs(plan: pd.DataFrame, fst_cond: bool) -> pd.DataFrame:
     """One row per image to draw: ``sample_index``, ``plan_fst`` (the plan cell it fills),
     ``requested_fst`` (= ``plan_fst``, or -1 when the model is not conditioned on FST: it then gets

@@ -88,6 +88,18 @@ class _Crash(torch.nn.Module):
         return self.model(*args, **kw)
 
 
+class _Counting(torch.nn.Module):
+    """Counts forward calls of the wrapped model."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, *args, **kw):
+        self.calls += 1
+        return self.model(*args, **kw)
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     cfg = get_config("smoke")
@@ -118,6 +130,21 @@ def test_generate_to_disk_writes_a_schema_manifest(tiny_model, tmp_path):
     assert (un["requested_fst"] == -1).all() and un["fst_estimated"].all()
     assert sorted(un["plan_fst"].unique()) == list(schema.FST_LEVELS)
     assert (un["fitzpatrick_scale"] == un["estimated_fst"]).all()
+
+
+def test_sample_cached_reads_back_and_keys_on_every_argument(tiny_model, tmp_path):
+    model, sched = tiny_model
+    counted = _Counting(model)
+    fst, les = torch.tensor([1, 6, 3]), torch.tensor([0, 1, 2])
+    kw = dict(model_id="m0", cache_dir=tmp_path, steps=2, guidance=0.5, sampler="dpmpp", seed=1, size=32)
+    a = sample.sample_cached(counted, sched, fst, les, **kw)
+    calls = counted.calls
+    assert calls > 0 and torch.equal(sample.sample_cached(counted, sched, fst, les, **kw), a)
+    assert counted.calls == calls  # read back, not drawn
+    for change in ({"seed": 2}, {"model_id": "m1"}, {"steps": 3}):
+        sample.sample_cached(counted, sched, fst, les, **{**kw, **change})
+    sample.sample_cached(counted, sched, None, les, **kw)
+    assert len(list(tmp_path.glob("samples_*.pt"))) == 5
 
 
 def test_an_interrupted_run_resumes_without_redrawing(tiny_model, tmp_path):
