@@ -276,7 +276,9 @@ def _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator, f
             weight = losses.foreground_weight(x0, d.fg_weight) if d.fg_weight > 0 and not latent else None
             den = losses.denoising_loss(out, losses.training_target(sched, x0, noise, t), weight)
             decode = accel.unwrap_model(model).decode_latents if latent else None
-            fair = _fair_terms(out, x_t, t, fst.to(accel.device), d, sched, estimator, decode, factor)
+            # a sample whose FST token was dropped was not asked for a skin type: no fairness term
+            fst_req = torch.where(drop_f, torch.zeros_like(fst), fst).to(accel.device)
+            fair = _fair_terms(out, x_t, t, fst_req, d, sched, estimator, decode, factor)
             loss = den if fair is None else den + factor * (d.lambda_kl * fair.kl + d.lambda_ce * fair.ce)
             accel.backward(loss)
             if accel.sync_gradients:

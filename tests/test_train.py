@@ -75,6 +75,10 @@ def test_lambda_zero_switches_the_fairness_loss_off_exactly(tiny_synthetic, tmp_
                           tmp_path / "never", estimator=est, progress=False)
     late = train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 5.0, "diffusion.fair_start": 0.5}), pool,
                                  tmp_path / "late", estimator=est, progress=False)
+    # every FST token dropped (p_drop=1): nothing was asked, so no sample enters the fairness loss
+    dropped = train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 5.0, "diffusion.p_drop": 1.0}), pool,
+                                    tmp_path / "dropped", estimator=est, progress=False)
+    assert (dropped.log["n_fair"] == 0).all() and (dropped.log["fair_kl"] == 0).all()
     never = load_file(tmp_path / "never" / "final" / "model.safetensors")
     assert all(torch.equal(w["off"][n], never[n]) for n in never)
     half = {k: load_file(tmp_path / k / "checkpoints" / "step_0000002" / "model.safetensors") for k in ("off", "late")}
