@@ -101,3 +101,20 @@ def fairness_terms(x0_hat: torch.Tensor, t: torch.Tensor, estimator: torch.nn.Mo
     nz = target > 0
     kl = (target[nz] * (target[nz].log() - est[nz].log())).sum()
     return FairnessTerms(kl, ce, n, est.detach(), target)
+
+
+def balance_scale(denoise: torch.Tensor, fair: torch.Tensor, out: torch.Tensor, ratio: float) -> torch.Tensor:
+    """A detached factor that makes ``fair``'s gradient at the model output ``out`` ``ratio`` times
+    the norm of ``denoise``'s: ratio · ‖∂denoise/∂out‖ / ‖∂fair/∂out‖ (0 when fair has no gradient).
+
+    Why: on the quick model at convergence, the per-sample CE's gradient is ~100× and the KL's
+    ~6–12× the denoising loss's (parameter-gradient norms), so any fixed λ of order 0.1–1 lets the
+    fairness term drown denoising: lesions and fine detail are lost. Balancing at the output is a
+    cheap proxy for balancing the parameter gradients (within 2–3× of their ratio there) and does
+    not depend on the backbone, pixel or latent space.
+    """
+    g_den, = torch.autograd.grad(denoise, out, retain_graph=True)
+    g_fair, = torch.autograd.grad(fair, out, retain_graph=True, allow_unused=True)
+    if g_fair is None or not torch.isfinite(g_fair).all() or g_fair.norm() == 0:
+        return torch.zeros((), device=out.device)
+    return (ratio * g_den.norm() / g_fair.norm()).detach()

@@ -38,7 +38,7 @@ from bmglib.data.images import LESION_INDEX, load_image
 from bmglib.model import build_unet
 
 Callback = Callable[[int, dict], None]
-LOG_COLUMNS = ["step", "loss", "denoise", "fair_kl", "fair_ce", "n_fair", "lr", "seconds"]
+LOG_COLUMNS = ["step", "loss", "denoise", "fair_kl", "fair_ce", "n_fair", "fair_scale", "lr", "seconds"]
 
 
 def make_scheduler(d: config.DiffusionConfig) -> DDPMScheduler:
@@ -256,7 +256,7 @@ def train_diffusion(cfg: config.Config, train_df: pd.DataFrame, out_dir: str | P
 
 
 def _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator, factor=1.0) -> dict:
-    sums = {"loss": 0.0, "denoise": 0.0, "fair_kl": 0.0, "fair_ce": 0.0, "n_fair": 0}
+    sums = {"loss": 0.0, "denoise": 0.0, "fair_kl": 0.0, "fair_ce": 0.0, "n_fair": 0, "fair_scale": 0.0}
     for _ in range(d.grad_accum):
         imgs, fst, lesion = stream.next()
         x0 = augment(imgs.float() / 127.5 - 1.0, gen).to(accel.device)
@@ -279,7 +279,12 @@ def _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator, f
             # a sample whose FST token was dropped was not asked for a skin type: no fairness term
             fst_req = torch.where(drop_f, torch.zeros_like(fst), fst).to(accel.device)
             fair = _fair_terms(out, x_t, t, fst_req, d, sched, estimator, decode, factor)
-            loss = den if fair is None else den + factor * (d.lambda_kl * fair.kl + d.lambda_ce * fair.ce)
+            scale = torch.ones(())
+            if fair is not None:
+                fair_loss = d.lambda_kl * fair.kl + d.lambda_ce * fair.ce
+                if d.fair_balance > 0:
+                    scale = losses.balance_scale(den, fair_loss, out, d.fair_balance)
+            loss = den if fair is None else den + factor * scale * fair_loss
             accel.backward(loss)
             if accel.sync_gradients:
                 accel.clip_grad_norm_(model.parameters(), 1.0)
@@ -293,6 +298,7 @@ def _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator, f
             sums["fair_kl"] += fair.kl.item() / d.grad_accum
             sums["fair_ce"] += fair.ce.item() / d.grad_accum
             sums["n_fair"] += fair.n
+            sums["fair_scale"] += factor * scale.item() / d.grad_accum
     return sums
 
 
@@ -304,7 +310,7 @@ def _load_checkpoint(ck: Path, model, ema, opt, lr_sched, gen, stream):
     lr_sched.load_state_dict(st["sched"])
     gen.set_state(st["gen"])
     stream.load_state(st["stream"])
-    rows = pd.read_csv(ck / "log.csv").values.tolist()
+    rows = pd.read_csv(ck / "log.csv").reindex(columns=LOG_COLUMNS, fill_value=0.0).values.tolist()
     return int(st["step"]), rows
 
 

@@ -257,3 +257,20 @@ def test_joint_pooled_vector_differs_per_label_pair():
     assert not torch.allclose(pooled[0], pooled[1]) and not torch.allclose(pooled[0], pooled[2])
     with pytest.raises(ValueError, match="pooled"):
         LabelConditioner(8, pooled="max")
+
+
+def test_balance_scale_sets_the_fairness_gradient_to_a_share_of_the_denoising_one(tiny_synthetic, tmp_path):
+    out = torch.randn(4, 3, 8, 8, requires_grad=True)
+    den = (out ** 2).mean()
+    fair = 100.0 * (out * torch.linspace(-1, 1, 8)).sum()
+    s = losses.balance_scale(den, fair, out, 0.25)
+    g_den, = torch.autograd.grad(den, out, retain_graph=True)
+    g_fair, = torch.autograd.grad(s * fair, out)
+    assert not s.requires_grad and g_fair.norm().item() == pytest.approx(0.25 * g_den.norm().item(), rel=1e-5)
+    assert losses.balance_scale(den, (out * 0.0).sum(), out, 0.25).item() == 0.0
+    pool, _ = tiny_synthetic
+    run = train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 5.0, "diffusion.fair_balance": 0.5}), pool,
+                                tmp_path / "bal", estimator=skintone.ITAEstimator(), progress=False)
+    active = run.log[run.log["n_fair"] > 0]
+    assert len(active) and (active["fair_scale"] > 0).all() and np.isfinite(run.log["loss"]).all()
+    assert (run.log.loc[run.log["n_fair"] == 0, "fair_scale"] == 0).all()
