@@ -92,8 +92,9 @@ class DiffusionConfig:
     t_fair: int = 400  # fairness loss only for t ≤ t_fair
     fair_start: float = 0.0  # share of the steps before the fairness loss starts (the denoiser first)
     fair_ramp: float = 0.0  # share of the steps over which its λs then rise linearly to full
-    fair_balance: float = 0.0  # >0: rescale the fairness term each step so that its gradient at the
-    # model output has this × the denoising loss's norm (the λs then only set the KL:CE mix); 0: fixed λs
+    fair_balance: float = 0.3  # >0: rescale the fairness term each step so that its gradient at the
+    # model output has this × the denoising loss's norm (the λs then only set the KL:CE mix); 0: fixed λs.
+    # 0.3: on quick, fixed λs of 0.1–0.5 let the loss drown denoising (README, "What the fairness loss does")
     estimator: str = "cnn"  # frozen FST estimator of the fairness loss: cnn | ita
     estimator_epochs: int = 6
     checkpoint_every: int = 200
