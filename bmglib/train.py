@@ -78,10 +78,10 @@ def fair_factor(step: int, d: config.DiffusionConfig) -> float:
     """Multiplier of the fairness λs at 0-based ``step``: 0 for the first ``fair_start`` share of
     the steps, then a linear rise to 1 over the next ``fair_ramp`` share.
 
-    Why: early in training x̂0 is noise, the estimator's verdict on it is meaningless, and its
-    gradient (a CE of about 2.4 against a denoising loss of 0.7 at step 1) steers the UNet into a
-    worse basin that 1,200 steps do not leave (quick `bmg`: denoising loss 0.055 against 0.027
-    without the fairness loss).
+    Early in training x̂0 is noise and the estimator's verdict on it means little, so the loss can
+    be held back. On `quick` this did not help: the loss, started half-way, still drowned the
+    denoising gradient; its scale was the problem, which :func:`bmglib.losses.balance_scale`
+    (``fair_balance``) addresses.
     """
     for name in ("fair_start", "fair_ramp"):
         if not 0.0 <= getattr(d, name) <= 1.0:
