@@ -20,7 +20,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
-from bmglib import skintone
+from bmglib import config, paths, skintone
 from bmglib.config import write_provenance
 from bmglib.data import schema
 from bmglib.data.images import LESION_INDEX
@@ -81,8 +81,6 @@ def sample_cached(model: torch.nn.Module, train_scheduler, fst: torch.Tensor | N
     """:func:`sample`, kept on disk under a key of ``model_id`` (e.g. the md5 of the weights), the
     scheduler config, the labels and every sampling argument in ``kw``: a notebook re-run with
     an unchanged model reads its samples back instead of drawing them again."""
-    from bmglib import config, paths
-
     key = config.cache_key(model=model_id, scheduler=dict(train_scheduler.config),
                            fst=None if fst is None else fst.tolist(),
                            lesion=None if lesion is None else lesion.tolist(),
@@ -96,6 +94,7 @@ def sample_cached(model: torch.nn.Module, train_scheduler, fst: torch.Tensor | N
     torch.save(x, tmp)
     tmp.replace(path)
     return x
+
 
 def sample_jobs(plan: pd.DataFrame, fst_cond: bool) -> pd.DataFrame:
     """One row per image to draw: ``sample_index``, ``plan_fst`` (the plan cell it fills),
