@@ -210,3 +210,14 @@ def test_per_cell_subset_caps_every_cell():
     counts = sub.groupby(["fitzpatrick_scale", "lesion"]).size()
     assert counts[(1, "melanoma")] == 5 and counts[(5, "melanoma")] == 3 and len(sub) == 5 * 5 + 3
     assert sub.index.is_unique and sub.equals(balance.per_cell_subset(_table(), 5, seed=1))
+
+
+def test_ita_ceiling_scores_the_real_labels_and_names_a_missing_column(tiny_synthetic):
+    from bmglib.metrics import adherence
+
+    _, test = tiny_synthetic
+    t = adherence.ita_ceiling(test, size=512)  # read at 128 px, not 512
+    assert t.loc["overall", "n"] == len(test) and list(t.index[:-1]) == [1, 2, 3, 4, 5, 6]
+    assert t.loc["overall", "exact"] > 0.6 and t.loc["overall", "within_1"] > 0.9  # skin is drawn per FST
+    with pytest.raises(KeyError, match="fitzpatrick_scale"):
+        adherence.ita_ceiling(test.drop(columns="fitzpatrick_scale"), size=32)

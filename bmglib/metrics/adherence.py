@@ -14,6 +14,7 @@ import torch
 
 from bmglib import skintone
 from bmglib.data import schema
+from bmglib.data.images import load_tensor
 
 
 def estimated_fst(images: torch.Tensor) -> np.ndarray:
@@ -32,6 +33,17 @@ def adherence_table(requested: np.ndarray, estimated: np.ndarray) -> pd.DataFram
                      "exact": float((estimated[sel] == requested[sel]).mean()),
                      "within_1": float((np.abs(estimated[sel] - requested[sel]) <= 1).mean())})
     return pd.DataFrame(rows).set_index("requested_fst")
+
+
+def ita_ceiling(real_df: pd.DataFrame, size: int, max_size: int = 128) -> pd.DataFrame:
+    """:func:`adherence_table` of the ITA estimator on *real* images against their FST labels: what
+    a perfect generator would score, since ITA reads neighbouring types (IV/V above all) as each
+    other on real skin too. Images are read at ``min(size, max_size)`` px: ITA is a colour
+    statistic, and a paper-size test split at 512 px would not fit in memory."""
+    if "fitzpatrick_scale" not in real_df.columns:
+        raise KeyError("ita_ceiling: the real table has no 'fitzpatrick_scale' column")
+    x = load_tensor(real_df, min(size, max_size), progress=False)
+    return adherence_table(real_df["fitzpatrick_scale"].to_numpy(), estimated_fst(x))
 
 
 def confusion(requested: np.ndarray, estimated: np.ndarray) -> pd.DataFrame:
@@ -80,7 +92,7 @@ def get_lesion_classifier(train_df: pd.DataFrame, test_df: pd.DataFrame, size: i
 
     from bmglib import config, paths
     from bmglib.classify import SmallCNN
-    from bmglib.data.images import LESION_INDEX, load_tensor
+    from bmglib.data.images import LESION_INDEX
 
     key = config.cache_key(train=config.hash_table(train_df), test=config.hash_table(test_df),
                            size=size, epochs=epochs, seed=seed, version=1)
