@@ -166,9 +166,15 @@ CLAIMED = {
 ARM_VARIANT = {"real": None, "real+standard": "standard", "real+bmg": "bmg"}
 
 
+def _f3(x: float) -> str:
+    """Three decimals, with no "-0.000" for a value that rounds to zero."""
+    text = f"{x:.3f}"
+    return "0.000" if text == "-0.000" else text
+
+
 def _ci(mean: float, sd: float, lo: float, hi: float) -> str:
     sd_text = "" if not np.isfinite(sd) else f" ± {sd:.3f}"
-    return f"{mean:.3f}{sd_text} [{lo:.3f}, {hi:.3f}]"
+    return f"{_f3(mean)}{sd_text} [{_f3(lo)}, {_f3(hi)}]"
 
 
 def results_table(per_group: pd.DataFrame, summary: pd.DataFrame,

@@ -44,6 +44,11 @@ def test_ablation_table_states_every_n_and_interval():
     assert len(fig.axes) == 5
 
 
+def test_a_value_that_rounds_to_zero_is_not_printed_negative():
+    assert report._ci(-0.0001, 0.008, -0.031, 0.032) == "0.000 ± 0.008 [-0.031, 0.032]"
+    assert report._ci(-0.0006, float("nan"), -0.01, 0.0) == "-0.001 [-0.010, 0.000]"
+
+
 def test_splice_readme_replaces_only_the_marked_block(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.README_BEGIN}\nold numbers\n{report.README_END}\noutro\n")
