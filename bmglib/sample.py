@@ -75,13 +75,19 @@ MANIFEST_EXTRA = ("lesion", "source", "variant", "sample_index", "plan_fst", "re
                   "fst_estimated", "seed", "sampler", "steps", "guidance")
 
 
+def scheduler_config(train_scheduler) -> dict:
+    """The scheduler's settings for a cache key: diffusers' private entries (``_use_default_values``
+    is a list built from a set, in an order that changes from process to process) are left out."""
+    return {k: v for k, v in train_scheduler.config.items() if not k.startswith("_")}
+
+
 def sample_cached(model: torch.nn.Module, train_scheduler, fst: torch.Tensor | None,
                   lesion: torch.Tensor | None, *, model_id: str, cache_dir: str | Path | None = None,
                   **kw) -> torch.Tensor:
     """:func:`sample`, kept on disk under a key of ``model_id`` (e.g. the md5 of the weights), the
     scheduler config, the labels and every sampling argument in ``kw``: a notebook re-run with
     an unchanged model reads its samples back instead of drawing them again."""
-    key = config.cache_key(model=model_id, scheduler=dict(train_scheduler.config),
+    key = config.cache_key(model=model_id, scheduler=scheduler_config(train_scheduler),
                            fst=None if fst is None else fst.tolist(),
                            lesion=None if lesion is None else lesion.tolist(),
                            **{k: v for k, v in kw.items() if k != "progress"}, version=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pytest
 import torch
@@ -145,6 +147,19 @@ def test_sample_cached_reads_back_and_keys_on_every_argument(tiny_model, tmp_pat
         sample.sample_cached(counted, sched, fst, les, **{**kw, **change})
     sample.sample_cached(counted, sched, None, les, **kw)
     assert len(list(tmp_path.glob("samples_*.pt"))) == 5
+
+
+def test_the_scheduler_key_is_the_same_in_every_process():
+    """A second `make paper` runs in new processes: a key that follows string-hash order (as
+    diffusers' ``_use_default_values`` does) would miss the cache every time."""
+    import subprocess
+    import sys
+
+    code = ("from bmglib import config, sample, train; "
+            "print(config.cache_key(s=sample.scheduler_config(train.make_scheduler(config.get_config('smoke').diffusion))))")
+    keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout.strip() for h in (1, 2, 3)}
+    assert len(keys) == 1 and len(next(iter(keys))) == 16
 
 
 def test_an_interrupted_run_resumes_without_redrawing(tiny_model, tmp_path):
