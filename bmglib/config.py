@@ -89,6 +89,8 @@ class DiffusionConfig:
     repeat_cap: int = 0  # max draws of one image per epoch (0 = no cap)
     lambda_kl: float = 0.5  # fairness loss: KL(target ‖ batch-mean estimated FST)
     lambda_ce: float = 0.5  # fairness loss: per-sample CE to the requested FST (0 = KL only)
+    fair_target: str = "calibrated"  # calibrated: the estimator's mean output on real validation images
+    # of the requested FST | requested: one-hot (pushes V past real V skin, to VI by ITA; losses.py, README)
     t_fair: int = 400  # fairness loss only for t ≤ t_fair
     fair_start: float = 0.0  # share of the steps before the fairness loss starts (the denoiser first)
     fair_ramp: float = 0.0  # share of the steps over which its λs then rise linearly to full
@@ -257,13 +259,19 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+#: keys added after configs were first stored, each with the value an older stored config (which
+#: lacks it) was run with. ``from_dict`` fills them in, so that a changed default cannot pass an old
+#: artifact off as one made with the new setting.
+LEGACY: dict[str, Any] = {"diffusion.fair_target": "requested"}
+
+
 def from_dict(raw: dict[str, Any]) -> Config:
-    """Rebuild a stored config (``to_dict``); sections it predates take their defaults, an unknown
-    key is an error."""
+    """Rebuild a stored config (``to_dict``); keys in :data:`LEGACY` it predates take their legacy
+    value, other keys and sections it predates their defaults; an unknown key is an error."""
     cfg = Config(profile=raw.get("profile", "quick"))
     flat = {f"{sec}.{k}": v for sec, values in raw.items() if isinstance(values, dict)
             for k, v in values.items()}
-    return apply_overrides(cfg, flat)
+    return apply_overrides(cfg, {**LEGACY, **flat})
 
 
 # --- provenance -------------------------------------------------------------------------------

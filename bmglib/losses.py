@@ -6,10 +6,19 @@ low noise (t ≤ ``t_fair``), predict the clean image x̂0 from the model output
 
     KL(target ‖ mean_i p_i)          target = the requested FST mix of those samples
                                      (uniform when FST is not conditioned)
-  + λ_ce · mean_i −log p_i[requested FST_i]     (optional, per sample)
+  + λ_ce · mean_i KL(c_i ‖ p_i)      (optional, per sample; c_i = one-hot of the requested FST,
+                                     so this is the cross-entropy −log p_i[requested FST_i])
 
 The KL of the *requested* labels alone would be zero under balanced sampling; this one measures
 what the model actually draws.
+
+Calibrated target (``DiffusionConfig.fair_target = "calibrated"``): the requested FST f is
+expressed as what the estimator says of *real* images of type f, c_f = mean p over the real
+validation images of FST f (a row of ``target_probs``, :func:`bmglib.skintone.real_fst_probs`).
+Both terms are then zero for samples the estimator sees exactly as it sees real images of the
+requested type. With one-hot targets the loss keeps pushing past that, towards the estimator's most
+confident region, which need not be where real skin of that type lies (README, "What the fairness
+loss does").
 """
 
 from __future__ import annotations
@@ -74,12 +83,14 @@ class FairnessTerms:
 
 
 def fairness_terms(x0_hat: torch.Tensor, t: torch.Tensor, estimator: torch.nn.Module, t_fair: int,
-                   requested_fst: torch.Tensor | None) -> FairnessTerms:
-    """KL(target ‖ batch-mean estimated FST) and the per-sample CE, on samples with t ≤ ``t_fair``.
+                   requested_fst: torch.Tensor | None,
+                   target_probs: torch.Tensor | None = None) -> FairnessTerms:
+    """KL(target ‖ batch-mean estimated FST) and the per-sample term, on samples with t ≤ ``t_fair``.
 
     ``x0_hat``: (B, 3, H, W) in about [-1, 1] (clamped); ``requested_fst``: (B,) in 1..6, or None
-    when FST is not conditioned (target = uniform, CE = 0). Returns zeros (with a graph) when no
-    sample qualifies.
+    when FST is not conditioned (target = uniform, CE = 0). ``target_probs``: None (one-hot
+    targets) or a (6, 6) row-stochastic matrix whose row f-1 is the target of a request for FST f
+    (the calibrated target). Returns zeros (with a graph) when no sample qualifies.
     """
     mask = t <= t_fair
     zero = x0_hat.sum() * 0.0
@@ -91,13 +102,18 @@ def fairness_terms(x0_hat: torch.Tensor, t: torch.Tensor, estimator: torch.nn.Mo
         return FairnessTerms(zero, zero, 0, z, z)
     probs = estimator(x0_hat[mask].clamp(-1, 1)).clamp_min(1e-6)  # (n, 6)
     est = probs.mean(0)
-    if requested_fst is None:
-        target = torch.full((6,), 1 / 6, device=x0_hat.device)
+    if requested_fst is None:  # a uniform request
+        target = (torch.full((6,), 1 / 6, device=x0_hat.device) if target_probs is None
+                  else target_probs.to(x0_hat.device, x0_hat.dtype).mean(0))
         ce = zero
-    else:
+    elif target_probs is None:  # one-hot: the requested mix, and the cross-entropy
         req = requested_fst[mask].long() - 1
         target = torch.bincount(req, minlength=6).float() / n
         ce = -probs.gather(1, req[:, None]).log().mean()
+    else:  # calibrated: c_i = the estimator's mean output on real images of the requested type
+        c = target_probs.to(x0_hat.device, x0_hat.dtype)[requested_fst[mask].long() - 1]  # (n, 6)
+        target = c.mean(0)
+        ce = (c * (c.clamp_min(1e-12).log() - probs.log())).sum(1).mean()  # mean KL(c_i ‖ p_i)
     nz = target > 0
     kl = (target[nz] * (target[nz].log() - est[nz].log())).sum()
     return FairnessTerms(kl, ce, n, est.detach(), target)

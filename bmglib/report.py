@@ -63,10 +63,16 @@ def sample_grid(images: torch.Tensor, fst: torch.Tensor, lesion: torch.Tensor, t
 def plot_confusion(table: pd.DataFrame, title: str, xlabel: str, ylabel: str, save_to=None):
     """Row-normalised heatmap of a count table, counts annotated."""
     fig, ax = plt.subplots(figsize=(4.6, 3.9))
+    confusion_axes(ax, table, title, xlabel, ylabel)
+    return save(fig, save_to)
+
+
+def confusion_axes(ax, table: pd.DataFrame, title: str, xlabel: str, ylabel: str):
+    """:func:`plot_confusion` on an existing axes (for side-by-side panels)."""
     share = table.div(table.sum(1).replace(0, np.nan), axis=0)
     sns.heatmap(share, annot=table, fmt="d", cmap="Blues", vmin=0, vmax=1, cbar=False, ax=ax)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    return save(fig, save_to)
+    return ax
 
 
 def plot_plan(plan: pd.DataFrame, title: str, save_to=None):
@@ -258,8 +264,9 @@ def ablation_table(measures: dict[str, dict], reference: str = "bmg") -> pd.Data
 
     ``measures[variant]``: ``fid`` ({"I-III", "IV-VI"} → FID), ``n_group``, ``fid_sd``, ``n_fst``,
     ``var_ratio`` (point, low, high: FID variance over FST ÷ the reference's, paired bootstrap),
-    ``fst`` / ``fst_v_vi`` / ``light`` / ``lesion`` (:func:`bmglib.metrics.adherence.share_ci`
-    dicts; ``fst*`` None for a variant without FST conditioning; ``light`` with ``over``), and
+    ``fst`` / ``fst_v_vi`` (ITA) / ``fst_audit`` / ``fst_audit_v_vi`` (the auditor CNN; optional) /
+    ``light`` / ``lesion`` (:func:`bmglib.metrics.adherence.share_ci` dicts; ``fst*`` None for a
+    variant without FST conditioning; ``light`` with ``over``), and
     ``gap`` / ``edfr`` (rows of the downstream ``summary``: value, sd, ci_low, ci_high; None if
     the arm was not run).
     """
@@ -272,7 +279,9 @@ def ablation_table(measures: dict[str, dict], reference: str = "bmg") -> pd.Data
             "FID I–III / IV–VI": f"{m['fid']['I-III']:.1f} / {m['fid']['IV-VI']:.1f} (n={m['n_group']} each)",
             "FID SD over FST": f"{m['fid_sd']:.1f} (n={m['n_fst']} per FST)",
             f"FID variance ÷ {reference}": "1 (reference)" if v == reference else f"{r:.2f} [{lo:.2f}, {hi:.2f}]",
-            "FST adherence": _share(m["fst"]), "FST adherence V–VI": _share(m["fst_v_vi"]),
+            "FST adherence (ITA)": _share(m["fst"]), "FST adherence V–VI (ITA)": _share(m["fst_v_vi"]),
+            "FST adherence (auditor CNN)": _share(m.get("fst_audit")),
+            "FST adherence V–VI (auditor CNN)": _share(m.get("fst_audit_v_vi")),
             "II–III share when V–VI asked": _share(light) + ("" if light["over"].startswith("samples requested")
                                                              else " *"),
             "lesion adherence": _share(m["lesion"]),

@@ -228,7 +228,9 @@ def get_fst_estimator(kind: str, train_df, val_df, size: int, epochs: int = 6, s
     """The frozen estimator of the fairness loss: ``cnn`` (trained on the training split's FST
     labels, cached under a key of its inputs) or ``ita`` (training-free).
 
-    Returns ``(estimator, report)``; report has ``val_accuracy`` and ``confusion`` (CNN only).
+    Returns ``(estimator, report)``; report has ``val_accuracy`` and ``confusion`` (CNN only) and,
+    for both, ``real_probs``: the estimator's mean output per FST on the real validation images
+    (:func:`real_fst_probs`, also set as ``estimator.real_probs``; the calibrated target).
     """
     import json
 
@@ -238,31 +240,62 @@ def get_fst_estimator(kind: str, train_df, val_df, size: int, epochs: int = 6, s
     from bmglib import config, paths
     from bmglib.data.images import load_tensor
 
-    if kind == "ita":
-        return ITAEstimator(), {"kind": "ita"}
-    if kind != "cnn":
+    if kind not in ("cnn", "ita"):
         raise ValueError(f"estimator must be 'cnn' or 'ita', got {kind!r}")
-    key = config.cache_key(train=config.hash_table(train_df), val=config.hash_table(val_df), size=size,
-                           epochs=epochs, seed=seed, version=1)
-    cache = paths.cache_dir() / f"fst_estimator_{key}"
-    model = FSTEstimator()
-    if (cache / "model.safetensors").exists():
-        model.load_state_dict(load_file(cache / "model.safetensors"))
-        report = json.loads((cache / "report.json").read_text())
-        report["confusion"] = pd.DataFrame(report["confusion"]).rename(index=int, columns=int)
+    x_val, fst_val = None, torch.tensor(val_df["fitzpatrick_scale"].to_numpy())
+    if kind == "ita":
+        model, report = ITAEstimator(), {"kind": "ita"}
     else:
-        x, xv = load_tensor(train_df, size, progress), load_tensor(val_df, size, progress)
-        y = torch.tensor(train_df["fitzpatrick_scale"].to_numpy())
-        yv = torch.tensor(val_df["fitzpatrick_scale"].to_numpy())
-        model, acc, conf = train_fst_estimator(x, y, xv, yv, epochs=epochs, seed=seed, progress=progress)
-        cache.mkdir(parents=True, exist_ok=True)
-        save_file(model.state_dict(), cache / "model.safetensors")
-        report = {"kind": "cnn", "val_accuracy": acc, "n_val": len(val_df), "confusion": conf}
-        (cache / "report.json").write_text(json.dumps({**report, "confusion": conf.to_dict()}))
+        key = config.cache_key(train=config.hash_table(train_df), val=config.hash_table(val_df), size=size,
+                               epochs=epochs, seed=seed, version=1)
+        cache = paths.cache_dir() / f"fst_estimator_{key}"
+        model = FSTEstimator()
+        if (cache / "model.safetensors").exists():
+            model.load_state_dict(load_file(cache / "model.safetensors"))
+            report = json.loads((cache / "report.json").read_text())
+            report["confusion"] = pd.DataFrame(report["confusion"]).rename(index=int, columns=int)
+        else:
+            x, x_val = load_tensor(train_df, size, progress), load_tensor(val_df, size, progress)
+            y = torch.tensor(train_df["fitzpatrick_scale"].to_numpy())
+            model, acc, conf = train_fst_estimator(x, y, x_val, fst_val, epochs=epochs, seed=seed, progress=progress)
+            cache.mkdir(parents=True, exist_ok=True)
+            save_file(model.state_dict(), cache / "model.safetensors")
+            report = {"kind": "cnn", "val_accuracy": acc, "n_val": len(val_df), "confusion": conf}
+            (cache / "report.json").write_text(json.dumps({**report, "confusion": conf.to_dict()}))
+    # the calibrated target: the estimator's mean output on the real validation images per FST
+    if x_val is None:
+        x_val = load_tensor(val_df, size, progress)
+    model.real_probs = real_fst_probs(model.eval(), x_val, fst_val)
+    report["real_probs"] = pd.DataFrame(model.real_probs.numpy(), index=range(1, 7), columns=range(1, 7))
+    report["n_val_per_fst"] = {f: int((fst_val == f).sum()) for f in range(1, 7)}
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model, report
+
+
+@torch.no_grad()
+def real_fst_probs(estimator: torch.nn.Module, x: torch.Tensor, fst: torch.Tensor) -> torch.Tensor:
+    """The estimator's mean output on real images of each FST: a (6, 6) matrix whose row f-1 is the
+    mean probability vector over the images ``x`` (N, 3, H, W) in [-1, 1] labelled ``fst`` = f.
+
+    This is the calibrated target of the fairness loss (``bmglib.losses``): what "looks like FST f"
+    means to this estimator on real skin. Entries are floored at 1e-6 and rows renormalised. An FST
+    with no image keeps a one-hot row, with a warning naming it.
+    """
+    import warnings
+
+    probs = torch.cat([estimator(x[i:i + 256]) for i in range(0, len(x), 256)]) if len(x) else torch.zeros(0, 6)
+    rows = []
+    for f in range(1, 7):
+        m = fst == f
+        if m.any():
+            rows.append(probs[m].mean(0))
+        else:
+            warnings.warn(f"real_fst_probs: no image of FST {f}; its target row stays one-hot", stacklevel=2)
+            rows.append(torch.nn.functional.one_hot(torch.tensor(f - 1), 6).float())
+    out = torch.stack(rows).clamp_min(1e-6)
+    return out / out.sum(1, keepdim=True)
 
 
 @torch.no_grad()

@@ -194,7 +194,8 @@ def _fair_terms(model_out, x_t, t, fst_req, d, sched, estimator, decode=None, fa
     x0_hat = losses.predict_x0(sched, x_t, t, model_out)
     if decode is not None:  # latents → pixels for the estimator (only the low-noise samples matter)
         x0_hat = decode(x0_hat)
-    return losses.fairness_terms(x0_hat, t, estimator, d.t_fair, fst_req if d.fst_cond else None)
+    target_probs = estimator.real_probs if d.fair_target == "calibrated" else None
+    return losses.fairness_terms(x0_hat, t, estimator, d.t_fair, fst_req if d.fst_cond else None, target_probs)
 
 
 def train_diffusion(cfg: config.Config, train_df: pd.DataFrame, out_dir: str | Path,
@@ -208,6 +209,13 @@ def train_diffusion(cfg: config.Config, train_df: pd.DataFrame, out_dir: str | P
     d, out_dir = cfg.diffusion, Path(out_dir)
     if (d.lambda_kl > 0 or d.lambda_ce > 0) and estimator is None:
         raise ValueError("the fairness loss is on (lambda_kl/lambda_ce > 0) but no FST estimator was given")
+    if d.fair_target not in ("requested", "calibrated"):
+        raise ValueError(f"diffusion.fair_target must be 'requested' or 'calibrated', got {d.fair_target!r}")
+    if (estimator is not None and d.fair_target == "calibrated"
+            and getattr(estimator, "real_probs", None) is None):
+        raise ValueError("diffusion.fair_target='calibrated' needs the estimator's mean output on real images "
+                         "per FST as estimator.real_probs (skintone.get_fst_estimator sets it; or "
+                         "skintone.real_fst_probs)")
     torch.manual_seed(d.seed)
     accel = Accelerator(gradient_accumulation_steps=d.grad_accum,
                         mixed_precision=d.mixed_precision if torch.cuda.is_available() else "no")
@@ -344,6 +352,21 @@ def load_trained(run_dir: str | Path) -> tuple[torch.nn.Module, config.Config]:
 
 #: the config sections a trained model depends on (a change elsewhere, e.g. sampling, keeps it)
 MODEL_SECTIONS = ("profile", "data", "diffusion")
+#: diffusion settings that act only through the fairness loss: with it off they change nothing
+FAIRNESS_ONLY = ("fair_target", "t_fair", "fair_start", "fair_ramp", "fair_balance", "estimator",
+                 "estimator_epochs")
+
+
+def model_identity(cfg: config.Config) -> dict:
+    """What a trained model depends on: :data:`MODEL_SECTIONS` of the config, without the
+    :data:`FAIRNESS_ONLY` settings when the fairness loss is off (both λ = 0; the weights are then
+    the same whatever they are, tested), so that changing them does not retrain ``standard``."""
+    raw = config.to_dict(cfg)
+    out = {k: raw[k] for k in MODEL_SECTIONS}
+    d = out["diffusion"]
+    if d["lambda_kl"] == 0 and d["lambda_ce"] == 0:
+        out["diffusion"] = {k: v for k, v in d.items() if k not in FAIRNESS_ONLY}
+    return out
 
 
 def train_variant(cfg: config.Config, meta: pd.DataFrame, progress: bool = True):
@@ -365,8 +388,11 @@ def train_variant(cfg: config.Config, meta: pd.DataFrame, progress: bool = True)
                                                  d.estimator_epochs, d.seed, progress)
     final = out / "final"
     if (final / "config.json").exists() and (final / "provenance.json").exists():
-        stored = json.loads((final / "config.json").read_text())
-        same_cfg = all(stored.get(k) == config.to_dict(cfg)[k] for k in MODEL_SECTIONS)
+        try:
+            stored = config.from_dict(json.loads((final / "config.json").read_text()))
+            same_cfg = model_identity(stored) == model_identity(cfg)
+        except config.ConfigError:  # stored by a version with other keys: retrain
+            same_cfg = False
         same_data = json.loads((final / "provenance.json").read_text())["dataset_hash"] == config.hash_table(train_df)
         if same_cfg and same_data:
             model, _ = load_trained(out)

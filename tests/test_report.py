@@ -21,6 +21,7 @@ def _measures():
             "lesion": _share(0.8, 480), "gap": gap, "edfr": gap}
     return {
         "bmg": {**base, "var_ratio": (1.0, 1.0, 1.0), "fst": _share(0.9, 480), "fst_v_vi": _share(0.8, 160),
+                "fst_audit": _share(0.85, 480), "fst_audit_v_vi": _share(0.75, 160),
                 "light": _share(0.0, 160, "samples requested as V-VI")},
         "no_fst_cond": {**base, "var_ratio": (2.5, 1.2, 5.0), "fst": None, "fst_v_vi": None,
                         "light": _share(0.6, 480, "all samples (FST not requested)"), "gap": None},
@@ -32,8 +33,10 @@ def test_ablation_table_states_every_n_and_interval():
     assert list(t.index) == ["bmg", "no_fst_cond"]
     assert t.loc["bmg", "FID variance ÷ bmg"] == "1 (reference)"
     assert t.loc["no_fst_cond", "FID variance ÷ bmg"] == "2.50 [1.20, 5.00]"
-    assert t.loc["bmg", "FST adherence V–VI"] == "0.800 [0.700, 0.900] (n=160)"
-    assert t.loc["no_fst_cond", "FST adherence"] == "—"
+    assert t.loc["bmg", "FST adherence V–VI (ITA)"] == "0.800 [0.700, 0.900] (n=160)"
+    assert t.loc["bmg", "FST adherence V–VI (auditor CNN)"] == "0.750 [0.650, 0.850] (n=160)"
+    assert t.loc["no_fst_cond", "FST adherence (ITA)"] == "—"
+    assert t.loc["no_fst_cond", "FST adherence (auditor CNN)"] == "—"
     assert t.loc["no_fst_cond", "II–III share when V–VI asked"].endswith("(n=480) *")
     assert not t.loc["bmg", "II–III share when V–VI asked"].endswith("*")
     assert t.loc["bmg", "downstream gap (acc I–III − IV–VI)"] == "0.120 ± 0.030 [0.050, 0.200]"

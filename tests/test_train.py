@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from bmglib import config, losses, skintone, train
 from bmglib.data import synthetic
+from bmglib.data.images import load_tensor
 from bmglib.model import build_unet
 
 
@@ -19,6 +20,15 @@ def _cfg(**over):
     base = {"diffusion.steps": 4, "diffusion.batch_size": 4, "diffusion.checkpoint_every": 2,
             "diffusion.base_channels": 16}
     return config.get_config("smoke", {**base, **over})
+
+
+def _ita(pool):
+    """The ITA estimator with its calibrated target from the pool's images (what
+    ``skintone.get_fst_estimator`` does with the validation split)."""
+    est = skintone.ITAEstimator()
+    est.real_probs = skintone.real_fst_probs(est, load_tensor(pool, 32, progress=False),
+                                             torch.tensor(pool["fitzpatrick_scale"].to_numpy()))
+    return est
 
 
 def _images(fsts, size=32):
@@ -58,7 +68,7 @@ def test_fairness_gradients_reach_the_unet():
 
 def test_lambda_zero_switches_the_fairness_loss_off_exactly(tiny_synthetic, tmp_path):
     pool, _ = tiny_synthetic
-    est = skintone.ITAEstimator()
+    est = _ita(pool)
     off = train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 0.0, "diffusion.lambda_ce": 0.0}), pool, tmp_path / "off",
                                 estimator=est, progress=False)
     train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 0.0, "diffusion.lambda_ce": 0.0}), pool, tmp_path / "none",
@@ -194,7 +204,7 @@ def test_stable_diffusion_backbone_trains_resumes_and_samples(tiny_synthetic, tm
     torch.set_num_threads(1)
     cfg = _cfg(**{"diffusion.backbone": "sd", "diffusion.sd_path": str(base), "diffusion.steps": 3,
                   "diffusion.checkpoint_every": 2, "diffusion.lambda_kl": 1.0, "diffusion.t_fair": 999})
-    run = train.train_diffusion(cfg, pool, tmp_path / "sd", estimator=skintone.ITAEstimator(), progress=False)
+    run = train.train_diffusion(cfg, pool, tmp_path / "sd", estimator=_ita(pool), progress=False)
     assert (run.log["n_fair"] > 0).any() and np.isfinite(run.log["loss"]).all()
     saved = load_file(tmp_path / "sd" / "final" / "model.safetensors")
     assert any("lora" in k for k in saved) and not any(k.startswith("vae.") for k in saved)
@@ -206,7 +216,7 @@ def test_stable_diffusion_backbone_trains_resumes_and_samples(tiny_synthetic, tm
     import shutil
     shutil.rmtree(ck / "step_0000003")
     shutil.rmtree(tmp_path / "sd" / "final")
-    again = train.train_diffusion(cfg, pool, tmp_path / "sd", estimator=skintone.ITAEstimator(), progress=False)
+    again = train.train_diffusion(cfg, pool, tmp_path / "sd", estimator=_ita(pool), progress=False)
     assert again.resumed_from == 2
     b = load_file(tmp_path / "sd" / "final" / "model.safetensors")
     assert max((saved[k] - b[k]).abs().max().item() for k in saved) <= 1e-6
@@ -270,7 +280,7 @@ def test_balance_scale_sets_the_fairness_gradient_to_a_share_of_the_denoising_on
     assert losses.balance_scale(den, (out * 0.0).sum(), out, 0.25).item() == 0.0
     pool, _ = tiny_synthetic
     run = train.train_diffusion(_cfg(**{"diffusion.lambda_kl": 5.0, "diffusion.fair_balance": 0.5}), pool,
-                                tmp_path / "bal", estimator=skintone.ITAEstimator(), progress=False)
+                                tmp_path / "bal", estimator=_ita(pool), progress=False)
     active = run.log[run.log["n_fair"] > 0]
     assert len(active) and (active["fair_scale"] > 0).all() and np.isfinite(run.log["loss"]).all()
     assert (run.log.loc[run.log["n_fair"] == 0, "fair_scale"] == 0).all()

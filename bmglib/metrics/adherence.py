@@ -1,9 +1,12 @@
 """Adherence of generated images: do they show the skin type and the lesion that were requested?
 
-FST is scored with the ITA estimator (``bmglib.skintone``), never with the network the fairness
-loss was trained against (that one is optimised to be fooled). Lesion type is scored with a small
-CNN trained on the real training split (:func:`get_lesion_classifier`); no generator is trained
-against it.
+FST is scored two ways, never with the network the fairness loss was trained against (that one
+is optimised to be fooled): with the ITA estimator (``bmglib.skintone``; a colour statistic) and
+with an independently trained CNN, the *auditor* (:func:`get_fst_auditor`; wider, another seed,
+class-balanced). The two can disagree: a generator pushed towards one CNN's notion of a skin type
+may move its colour past the ITA threshold (README, "What the fairness loss does"). Lesion type is
+scored with a small CNN trained on the real training split (:func:`get_lesion_classifier`); no
+generator is trained against it.
 """
 
 from __future__ import annotations
@@ -44,6 +47,58 @@ def ita_ceiling(real_df: pd.DataFrame, size: int, max_size: int = 128) -> pd.Dat
         raise KeyError("ita_ceiling: the real table has no 'fitzpatrick_scale' column")
     x = load_tensor(real_df, min(size, max_size), progress=False)
     return adherence_table(real_df["fitzpatrick_scale"].to_numpy(), estimated_fst(x))
+
+
+#: the auditor's seed offset from the fairness-loss estimator's seed, and its width (the estimator: 16)
+AUDITOR_SEED_OFFSET, AUDITOR_WIDTH = 1000, 32
+
+
+def get_fst_auditor(train_df: pd.DataFrame, test_df: pd.DataFrame, size: int, epochs: int = 12,
+                    seed: int = 0, progress: bool = True):
+    """The independent FST CNN that scores generated images: a :class:`~bmglib.classify.SmallCNN`
+    of width 32 (the fairness loss's estimator: 16), seed ``seed + 1000``, trained class-balanced on
+    the *real* training split's FST labels (the estimator: the natural mix), cached under a key of
+    its inputs. No generator is trained against it.
+
+    Returns ``(model → logits, report)``; report = ``ceiling``: :func:`adherence_table` of the
+    auditor on the real test split against its FST labels (what a perfect generator would score).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from bmglib import config, paths
+    from bmglib.classify import SmallCNN, train_multiclass
+
+    for name, df in (("training", train_df), ("test", test_df)):
+        if "fitzpatrick_scale" not in df.columns:
+            raise KeyError(f"get_fst_auditor: the {name} table has no 'fitzpatrick_scale' column")
+    train_df = train_df[train_df["fitzpatrick_scale"].between(1, 6)]
+    test_df = test_df[test_df["fitzpatrick_scale"].between(1, 6)]
+    key = config.cache_key(train=config.hash_table(train_df), test=config.hash_table(test_df), size=size,
+                           epochs=epochs, seed=seed, width=AUDITOR_WIDTH, offset=AUDITOR_SEED_OFFSET, version=1)
+    cache = paths.cache_dir() / f"fst_auditor_{key}"
+    if (cache / "model.safetensors").exists():
+        model = SmallCNN(AUDITOR_WIDTH, n_out=6)
+        model.load_state_dict(load_file(cache / "model.safetensors"))
+        ceiling = pd.read_csv(cache / "ceiling.csv", index_col=0)
+        ceiling.index = [int(i) if str(i).isdigit() else i for i in ceiling.index]  # FSTs, "overall"
+        return model.eval(), {"ceiling": ceiling.rename_axis("requested_fst")}
+    x = load_tensor(train_df, size, progress)
+    y = torch.tensor(train_df["fitzpatrick_scale"].to_numpy()).long() - 1
+    model = train_multiclass(x, y, 6, epochs=epochs, width=AUDITOR_WIDTH, seed=seed + AUDITOR_SEED_OFFSET,
+                             balanced=True, desc="FST auditor", progress=progress)
+    ceiling = adherence_table(test_df["fitzpatrick_scale"].to_numpy(),
+                              audit_fst(model, load_tensor(test_df, size, progress)))
+    cache.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), cache / "model.safetensors")
+    ceiling.to_csv(cache / "ceiling.csv")
+    return model, {"ceiling": ceiling}
+
+
+@torch.no_grad()
+def audit_fst(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """The auditor's FST (1..6) per image. ``x``: (N, 3, H, W) in [-1, 1]."""
+    model.eval()
+    return torch.cat([model(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)]).numpy() + 1
 
 
 def confusion(requested: np.ndarray, estimated: np.ndarray) -> pd.DataFrame:
