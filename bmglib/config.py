@@ -88,7 +88,7 @@ class DiffusionConfig:
     alpha: float = 1.0  # resampling: weight ∝ n_cell^-alpha (0 natural, 1 balanced)
     repeat_cap: int = 0  # max draws of one image per epoch (0 = no cap)
     lambda_kl: float = 0.5  # fairness loss: KL(target ‖ batch-mean estimated FST)
-    lambda_ce: float = 0.5  # fairness loss: per-sample CE to the requested FST (0 = KL only)
+    lambda_ce: float = 0.5  # fairness loss: per-sample KL(target ‖ p), the CE when one-hot (0 = KL only)
     fair_target: str = "calibrated"  # calibrated: the estimator's mean output on real validation images
     # of the requested FST | requested: one-hot (pushes V past real V skin, to VI by ITA; losses.py, README)
     t_fair: int = 400  # fairness loss only for t ≤ t_fair
