@@ -268,7 +268,6 @@ def get_fst_estimator(kind: str, train_df, val_df, size: int, epochs: int = 6, s
     model.real_probs = real_fst_probs(model.eval(), x_val, fst_val)
     report["real_probs"] = pd.DataFrame(model.real_probs.numpy(), index=range(1, 7), columns=range(1, 7))
     report["n_val_per_fst"] = {f: int((fst_val == f).sum()) for f in range(1, 7)}
-    model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model, report

@@ -124,5 +124,12 @@ def test_fst_auditor_learns_skin_type_caches_and_names_a_missing_column(tiny_syn
     from bmglib.data.images import load_tensor
     x = load_tensor(test, 32, progress=False)
     assert (adherence.audit_fst(again, x) == adherence.audit_fst(model, x)).all()
+    req = test["fitzpatrick_scale"].to_numpy()
+    both, audited = adherence.fst_adherence(req, req, x, pool, test, 32, progress=False)  # "ITA" = truth here
+    default, default_rep = adherence.get_fst_auditor(pool, test, 32, progress=False)  # what it used
+    assert (audited == adherence.audit_fst(default, x)).all()
+    assert both[("ITA", "exact")].eq(1.0).all()
+    assert both.loc["overall", ("auditor CNN", "exact")] == default_rep["ceiling"].loc["overall", "exact"]
+    assert {"real_exact", "real_n"} <= set(both["auditor CNN"].columns)
     with pytest.raises(KeyError, match="test table has no 'fitzpatrick_scale'"):
         adherence.get_fst_auditor(pool, test.drop(columns="fitzpatrick_scale"), 32, progress=False)

@@ -101,6 +101,23 @@ def audit_fst(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     return torch.cat([model(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)]).numpy() + 1
 
 
+def fst_adherence(requested, ita_estimated, x: torch.Tensor, train_df: pd.DataFrame, test_df: pd.DataFrame,
+                  size: int, seed: int = 0, progress: bool = True):
+    """FST adherence by both judges, side by side: ITA (``ita_estimated``, e.g. a manifest's
+    ``estimated_fst``) and the auditor CNN (:func:`get_fst_auditor`) on the images ``x``, each
+    joined with its ceiling on the real test split (``real_*`` columns).
+
+    Returns ``(table with column groups "ITA" and "auditor CNN", the auditor's FST per image)``.
+    """
+    auditor, report = get_fst_auditor(train_df, test_df, size, seed=seed, progress=progress)
+    audited = audit_fst(auditor, x)
+    table = pd.concat({
+        "ITA": adherence_table(requested, ita_estimated).join(ita_ceiling(test_df, size).add_prefix("real_")),
+        "auditor CNN": adherence_table(requested, audited).join(report["ceiling"].add_prefix("real_")),
+    }, axis=1)
+    return table, audited
+
+
 def confusion(requested: np.ndarray, estimated: np.ndarray) -> pd.DataFrame:
     """Requested (rows) × estimated (columns) counts, FST 1..6."""
     t = pd.crosstab(pd.Series(requested, name="requested"), pd.Series(estimated, name="estimated"))
