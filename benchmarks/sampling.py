@@ -2,7 +2,7 @@
 
     python benchmarks/sampling.py [--profile quick] [--variant bmg] [--per-cell 10] [--threads 2]
 
-Needs a trained variant (notebook 02 or ``python -m bmglib.train``). For each sampler: images/s
+Needs a trained variant (notebook 02 or ``python -m bmglib.diffusion.train``). For each sampler: images/s
 (wall time of the whole set, one process, ``--threads`` torch threads), then KID of each set
 against the real test images (the same reference, equal N, bootstrap 95% CI) and the KID between
 the two sample sets. The fast sampler passes when its KID to the real images is not above DDIM-50's
@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bmglib import balance, config, paths, sample, train
+from bmglib import config, paths
 from bmglib.data import prepare
+from bmglib.diffusion import balance, sample, train
 from bmglib.metrics import image
 
 SAMPLERS = (("ddim", 50), ("dpmpp", 20))

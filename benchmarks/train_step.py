@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils import flop_counter
 
-from bmglib.model import build_default_unet, build_unet
+from bmglib.diffusion.model import build_default_unet, build_unet
 
 THREADS = 2
 WARMUP = 2

@@ -184,7 +184,7 @@ class FSTEstimator(torch.nn.Module):
 
     def __init__(self, width: int = 16, net: torch.nn.Module | None = None):
         super().__init__()
-        from bmglib.classify import SmallCNN
+        from bmglib.classifiers import SmallCNN
 
         self.net = net if net is not None else SmallCNN(width, n_out=6)
 
@@ -200,7 +200,7 @@ def train_fst_estimator(x: torch.Tensor, fst: torch.Tensor, x_val: torch.Tensor,
     Returns ``(model in eval mode, val accuracy, val confusion (6×6 DataFrame: true × predicted))``.
     Augmentation is flips and 90° rotations only (colour jitter would change the label).
     """
-    from bmglib.classify import train_multiclass
+    from bmglib.classifiers import train_multiclass
 
     net = train_multiclass(x, fst.long() - 1, 6, epochs=epochs, batch_size=batch_size, lr=lr,
                            width=width, seed=seed, desc="FST estimator", progress=progress)
@@ -278,7 +278,7 @@ def real_fst_probs(estimator: torch.nn.Module, x: torch.Tensor, fst: torch.Tenso
     """The estimator's mean output on real images of each FST: a (6, 6) matrix whose row f-1 is the
     mean probability vector over the images ``x`` (N, 3, H, W) in [-1, 1] labelled ``fst`` = f.
 
-    This is the calibrated target of the fairness loss (``bmglib.losses``): what "looks like FST f"
+    This is the calibrated target of the fairness loss (``bmglib.diffusion.losses``): what "looks like FST f"
     means to this estimator on real skin. Entries are floored at 1e-6 and rows renormalised. An FST
     with no image keeps a one-hot row, with a warning naming it.
     """

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bmglib import balance
+from bmglib.diffusion import balance
 
 # Fitzpatrick17k-like skew: one big cell, then 50, 10 and a 3-image rare cell; plus unknown FST.
 CELLS = {(2, "nevus"): 100, (3, "other"): 50, (5, "seborrheic_keratosis"): 10, (6, "melanoma"): 3}

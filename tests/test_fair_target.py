@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from bmglib import config, losses, skintone, train
+from bmglib import config, skintone
 from bmglib.data import synthetic
+from bmglib.diffusion import losses, train
 from bmglib.metrics import adherence
 
 #: a made-up estimator's view of real skin: row f-1 = its mean output on real images of FST f

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from bmglib import losses
-from bmglib.model_sd import (
+from bmglib.diffusion import losses
+from bmglib.diffusion.model_sd import (
     MODES,
     TRAINABLE,
     build_sd,

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bmglib import config, probe
-from bmglib.data import prepare, schema
+from bmglib import config
+from bmglib.data import prepare, probe, schema
 
 
 @pytest.fixture

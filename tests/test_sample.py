@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from bmglib import balance, sample, train
 from bmglib.config import get_config
 from bmglib.data import schema
+from bmglib.diffusion import balance, sample, train
 
 # FST × lesion counts of a small real training table
 REAL = {(1, "melanoma"): 40, (2, "melanoma"): 20, (5, "melanoma"): 3, (6, "melanoma"): 0,
@@ -155,7 +155,7 @@ def test_the_scheduler_key_is_the_same_in_every_process():
     import subprocess
     import sys
 
-    code = ("from bmglib import config, sample, train; "
+    code = ("from bmglib import config; from bmglib.diffusion import sample, train; "
             "print(config.cache_key(s=sample.scheduler_config(train.make_scheduler(config.get_config('smoke').diffusion))))")
     keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout.strip() for h in (1, 2, 3)}

@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bmglib import config, losses, skintone, train
+from bmglib import config, skintone
 from bmglib.data import synthetic
 from bmglib.data.images import load_tensor
-from bmglib.model import build_unet
+from bmglib.diffusion import losses, train
+from bmglib.diffusion.model import build_unet
 
 
 def _cfg(**over):
@@ -100,7 +101,8 @@ def test_lambda_zero_switches_the_fairness_loss_off_exactly(tiny_synthetic, tmp_
 
 RUNNER = textwrap.dedent("""
     import sys, time, pathlib, pandas as pd
-    from bmglib import config, train
+    from bmglib import config
+    from bmglib.diffusion import train
     pool = pd.read_csv(sys.argv[1])
     out, marker = pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
     cfg = config.get_config("smoke", {{"diffusion.steps": 6, "diffusion.batch_size": 4,
@@ -197,7 +199,7 @@ def test_trained_model_reloads_from_its_config(tiny_synthetic, tmp_path):
 
 def test_stable_diffusion_backbone_trains_resumes_and_samples(tiny_synthetic, tmp_path):
     """The GPU path end to end on a tiny random SD-shaped pipeline built from configs."""
-    from bmglib import model_sd, sample
+    from bmglib.diffusion import model_sd, sample
 
     pool, _ = tiny_synthetic
     base = model_sd.build_tiny_sd(tmp_path)
@@ -260,7 +262,7 @@ def test_foreground_weight_emphasises_pixels_unlike_the_skin():
 
 
 def test_joint_pooled_vector_differs_per_label_pair():
-    from bmglib.model import LabelConditioner
+    from bmglib.diffusion.model import LabelConditioner
 
     cond = LabelConditioner(8, pooled="joint")
     _, pooled = cond(torch.tensor([1, 1, 2]), torch.tensor([0, 1, 0]))

@@ -9,8 +9,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from bmglib import config, uncertainty, vae
+from bmglib import config
 from bmglib.data import images, schema
+from bmglib.vae import laplace as uncertainty
+from bmglib.vae import model as vae
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +95,7 @@ def test_vae_shapes_and_kl():
 
 def test_feature_distance_is_zero_on_identity_and_differentiable():
     torch.manual_seed(0)
-    from bmglib.classify import SmallCNN
+    from bmglib.classifiers import SmallCNN
 
     dist = vae.FeatureDistance(vae.CNNFeatures(SmallCNN(4)))
     x = torch.rand(3, 3, 32, 32) * 2 - 1

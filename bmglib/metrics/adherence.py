@@ -55,7 +55,7 @@ AUDITOR_SEED_OFFSET, AUDITOR_WIDTH = 1000, 32
 
 def get_fst_auditor(train_df: pd.DataFrame, test_df: pd.DataFrame, size: int, epochs: int = 12,
                     seed: int = 0, progress: bool = True):
-    """The independent FST CNN that scores generated images: a :class:`~bmglib.classify.SmallCNN`
+    """The independent FST CNN that scores generated images: a :class:`~bmglib.classifiers.SmallCNN`
     of width 32 (the fairness loss's estimator: 16), seed ``seed + 1000``, trained class-balanced on
     the *real* training split's FST labels (the estimator: the natural mix), cached under a key of
     its inputs. No generator is trained against it.
@@ -66,7 +66,7 @@ def get_fst_auditor(train_df: pd.DataFrame, test_df: pd.DataFrame, size: int, ep
     from safetensors.torch import load_file, save_file
 
     from bmglib import config, paths
-    from bmglib.classify import SmallCNN, train_multiclass
+    from bmglib.classifiers import SmallCNN, train_multiclass
 
     for name, df in (("training", train_df), ("test", test_df)):
         if "fitzpatrick_scale" not in df.columns:
@@ -136,9 +136,9 @@ def fst_distribution(estimated: np.ndarray) -> pd.DataFrame:
 def train_lesion_classifier(x: torch.Tensor, lesion: torch.Tensor, epochs: int = 8,
                             batch_size: int = 64, lr: float = 2e-3, width: int = 32,
                             seed: int = 0, progress: bool = True) -> torch.nn.Module:
-    """A :class:`~bmglib.classify.SmallCNN` over ``schema.LESIONS`` on real images ``x`` (N,3,H,W)
+    """A :class:`~bmglib.classifiers.SmallCNN` over ``schema.LESIONS`` on real images ``x`` (N,3,H,W)
     in [-1, 1], ``lesion`` (N,) indices; draws are lesion-balanced (rare types are not ignored)."""
-    from bmglib.classify import train_multiclass
+    from bmglib.classifiers import train_multiclass
 
     return train_multiclass(x, lesion, len(schema.LESIONS), epochs=epochs, batch_size=batch_size,
                             lr=lr, width=width, seed=seed, balanced=True, desc="lesion classifier",
@@ -163,7 +163,7 @@ def get_lesion_classifier(train_df: pd.DataFrame, test_df: pd.DataFrame, size: i
     from safetensors.torch import load_file, save_file
 
     from bmglib import config, paths
-    from bmglib.classify import SmallCNN
+    from bmglib.classifiers import SmallCNN
     from bmglib.data.images import LESION_INDEX
 
     key = config.cache_key(train=config.hash_table(train_df), test=config.hash_table(test_df),

@@ -1,6 +1,6 @@
 """The bias probe: does a dataset reproduce the real problem?
 
-A small CNN (``classify.SmallCNN``) is trained melanoma-vs-rest on the natural
+A small CNN (``classifiers.SmallCNN``) is trained melanoma-vs-rest on the natural
 (Fitzpatrick17k-proportioned) training split, the validation split chooses the epoch, and the
 FST-balanced test split measures melanoma sensitivity per FST and per group (I–III vs IV–VI) with
 bootstrap CIs. A benchmark worth using shows a lower sensitivity on IV–VI.
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bmglib import classify, config, paths
+from bmglib import classifiers, config, paths
 from bmglib.data import images, schema
 from bmglib.metrics import fairness
 
@@ -92,12 +92,12 @@ def _train_and_predict(meta, cfg, seed, progress):
             raise ValueError(f"the {name} split is empty: the bias probe needs train, val and test images")
     x = {s: images.load_tensor(p, cfg.image_size, progress) for s, p in parts.items()}
     y = {s: torch.tensor((p["lesion"] == "melanoma").to_numpy(), dtype=torch.long) for s, p in parts.items()}
-    res = classify.train_classifier(x["train"], y["train"], x["val"], y["val"], epochs=cfg.epochs,
+    res = classifiers.train_classifier(x["train"], y["train"], x["val"], y["val"], epochs=cfg.epochs,
                                     batch_size=cfg.batch_size, lr=cfg.lr, width=cfg.width,
                                     seed=seed, progress=progress)
     test = parts["test"]
     preds = pd.DataFrame({"md5hash": test["md5hash"], "fitzpatrick_scale": test["fitzpatrick_scale"],
                           "lesion": test["lesion"], "melanoma": y["test"].numpy(),
-                          "p_melanoma": classify.predict_proba(res.model, x["test"])})
+                          "p_melanoma": classifiers.predict_proba(res.model, x["test"])})
     history = pd.DataFrame(res.history).assign(best=lambda h: h["epoch"] == res.best_epoch)
     return preds, history

@@ -10,8 +10,8 @@
   resumed from its last checkpoint ends with the same weights as an uninterrupted one.
 * A non-finite loss stops the run, naming the step and the last good checkpoint (kept).
 
-Batches come from :class:`bmglib.balance.CellBalancedSampler` (distribution-aware resampling,
-``alpha``); the fairness loss (``bmglib.losses``) uses a frozen FST estimator given as argument.
+Batches come from :class:`bmglib.diffusion.balance.CellBalancedSampler` (distribution-aware resampling,
+``alpha``); the fairness loss (``bmglib.diffusion.losses``) uses a frozen FST estimator given as argument.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from bmglib import config, losses
-from bmglib.balance import CellBalancedSampler
+from bmglib import config
 from bmglib.data.images import LESION_INDEX, load_image
-from bmglib.model import build_unet
+from bmglib.diffusion import losses
+from bmglib.diffusion.balance import CellBalancedSampler
+from bmglib.diffusion.model import build_unet
 
 Callback = Callable[[int, dict], None]
 LOG_COLUMNS = ["step", "loss", "denoise", "fair_kl", "fair_ce", "n_fair", "fair_scale", "lr", "seconds"]
@@ -53,7 +54,7 @@ def build_model(d: config.DiffusionConfig) -> torch.nn.Module:
         c = d.base_channels
         return build_unet(d.image_size, (c, 2 * c, 2 * c), d.cond_dim, pooled=d.pooled_cond)
     if d.backbone == "sd":
-        from bmglib import model_sd
+        from bmglib.diffusion import model_sd
 
         if not d.sd_path:
             raise ValueError("diffusion.backbone='sd' needs diffusion.sd_path: a local diffusers SD folder")
@@ -80,7 +81,7 @@ def fair_factor(step: int, d: config.DiffusionConfig) -> float:
 
     Early in training x̂0 is noise and the estimator's verdict on it means little, so the loss can
     be held back. On `quick` this did not help: the loss, started half-way, still drowned the
-    denoising gradient; its scale was the problem, which :func:`bmglib.losses.balance_scale`
+    denoising gradient; its scale was the problem, which :func:`bmglib.diffusion.losses.balance_scale`
     (``fair_balance``) addresses.
     """
     for name in ("fair_start", "fair_ramp"):
@@ -403,13 +404,13 @@ def train_variant(cfg: config.Config, meta: pd.DataFrame, progress: bool = True)
 
 
 def main(argv=None) -> None:
-    """``python -m bmglib.train`` or, on several GPUs, ``accelerate launch -m bmglib.train``."""
+    """``python -m bmglib.diffusion.train`` or, on several GPUs, ``accelerate launch -m bmglib.diffusion.train``."""
     import argparse
     import ast
 
     from bmglib.data import prepare
 
-    ap = argparse.ArgumentParser(prog="python -m bmglib.train", description="train one diffusion variant")
+    ap = argparse.ArgumentParser(prog="python -m bmglib.diffusion.train", description="train one diffusion variant")
     ap.add_argument("--profile", default="quick", choices=list(config.PROFILES))
     ap.add_argument("--variant", default="bmg", choices=list(config.VARIANTS))
     ap.add_argument("--dataset", default="synthetic", help="a dataset notebook 01 prepared")

@@ -5,7 +5,7 @@ is fine-tuned in latent space. :class:`SDConditional` keeps the CPU model's inte
 ``model(z_t, t, fst, lesion, drop_fst, drop_lesion) -> prediction`` (v or ε, as the checkpoint's
 scheduler says), so the same loss code trains either. Three ways to condition the UNet:
 
-* ``"labels"`` — the :class:`~bmglib.model.LabelConditioner` tokens, projected to the text width,
+* ``"labels"`` — the :class:`~bmglib.diffusion.model.LabelConditioner` tokens, projected to the text width,
   *replace* the prompt: cross-attention context (B, 2, W).
 * ``"append"`` — the tokens are appended after the frozen encoding of :data:`GENERIC_PROMPT`:
   (B, L + 2, W), so the pretrained model starts from a prompt it understands.
@@ -34,7 +34,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from bmglib.data import schema
-from bmglib.model import LabelConditioner
+from bmglib.diffusion.model import LabelConditioner
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 MODES = ("labels", "append", "prompt")

@@ -11,7 +11,7 @@ FST mixes, and its reconstruction quality per Fitzpatrick skin type (FST).
 No ImageNet network is available offline, so the default perceptual distance is LPIPS-like
 (channel-normalised feature differences, uniform layer weights) on a small CNN trained here on the
 training split to predict lesion type and FST. The distance is injected: a user with VGG/LPIPS
-weights passes their own callable. The uncertainty scores live in :mod:`bmglib.uncertainty`.
+weights passes their own callable. The uncertainty scores live in :mod:`bmglib.vae.laplace`.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 from tqdm.auto import tqdm
 
-from bmglib import classify, config, paths, uncertainty
+from bmglib import classifiers, config, paths
 from bmglib.data import schema
 from bmglib.data.images import load_tensor
+from bmglib.vae import laplace as uncertainty
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (B,3,H,W) × 2 → (B,)
 VERSION = 1  # bump when training changes: invalidates cached runs
@@ -51,7 +52,7 @@ class VAEConfig:
     lr: float = 2e-3
     beta: float = 0.002  # KL weight per pixel (the MSE is a per-pixel mean)
     perceptual_weight: float = 0.05
-    feature_width: int = 16  # the in-project perceptual CNN (classify.SmallCNN)
+    feature_width: int = 16  # the in-project perceptual CNN (classifiers.SmallCNN)
     feature_epochs: int = 4
     sweep: tuple = (0.02, 0.10, 0.30)  # FST V–VI shares of the training mix
     laplace_layers: int = 0  # last parametrised decoder modules under the Laplace posterior (0: all)
@@ -137,12 +138,12 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 class CNNFeatures(nn.Module):
-    """Activations after each conv block of a frozen ``classify.SmallCNN`` (before pooling).
+    """Activations after each conv block of a frozen ``classifiers.SmallCNN`` (before pooling).
 
     ``forward(x)``: x (B,3,H,W) in [-1,1] → list of (B, C_l, H_l, W_l). ``key`` names the weights.
     """
 
-    def __init__(self, net: classify.SmallCNN, key: str = ""):
+    def __init__(self, net: classifiers.SmallCNN, key: str = ""):
         super().__init__()
         self.net, self.key = net.eval(), key
         for p in self.net.parameters():
@@ -182,14 +183,14 @@ class FeatureDistance(nn.Module):
 
 
 def train_feature_net(x: torch.Tensor, fst: torch.Tensor, lesion: torch.Tensor, width: int,
-                      epochs: int, seed: int = 0, progress: bool = True) -> classify.SmallCNN:
+                      epochs: int, seed: int = 0, progress: bool = True) -> classifiers.SmallCNN:
     """A SmallCNN predicting lesion (4, class-balanced CE) and FST (6) from x (N,3,H,W) in [-1,1].
 
     ``fst``: (N,) 1..6; ``lesion``: (N,) index into ``schema.LESIONS``.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    net = classify.SmallCNN(width, n_out=len(schema.LESIONS) + len(schema.FST_LEVELS))
+    net = classifiers.SmallCNN(width, n_out=len(schema.LESIONS) + len(schema.FST_LEVELS))
     counts = torch.bincount(lesion, minlength=len(schema.LESIONS)).clamp_min(1).float()
     w_lesion = counts.sum() / counts / len(counts)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -198,7 +199,7 @@ def train_feature_net(x: torch.Tensor, fst: torch.Tensor, lesion: torch.Tensor, 
         order = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), 64):
             idx = order[i:i + 64]
-            out = net(classify.augment(x[idx], gen))
+            out = net(classifiers.augment(x[idx], gen))
             loss = (nn.functional.cross_entropy(out[:, :4], lesion[idx], weight=w_lesion)
                     + nn.functional.cross_entropy(out[:, 4:], fst[idx] - 1))
             opt.zero_grad()
@@ -224,7 +225,7 @@ def get_feature_net(train_df: pd.DataFrame, val_df: pd.DataFrame, cfg: VAEConfig
                            size=cfg.image_size, width=cfg.feature_width,
                            epochs=cfg.feature_epochs, seed=cfg.seed, version=VERSION)
     cache = paths.cache_dir() / f"vae_features_{key}"
-    net = classify.SmallCNN(cfg.feature_width, n_out=10)
+    net = classifiers.SmallCNN(cfg.feature_width, n_out=10)
     if (cache / "model.safetensors").exists():
         net.load_state_dict(load_file(cache / "model.safetensors"))
         return CNNFeatures(net, key), json.loads((cache / "report.json").read_text())
@@ -334,7 +335,7 @@ def train_vae(x: torch.Tensor, cfg: VAEConfig, perceptual: Distance | None, seed
         model.train()
         order, sums = torch.randperm(len(x), generator=gen), np.zeros(4)
         for i in range(0, len(x), cfg.batch_size):
-            xb = classify.augment(x[order[i:i + cfg.batch_size]], gen)
+            xb = classifiers.augment(x[order[i:i + cfg.batch_size]], gen)
             recon, mu, logvar = model(xb)
             mse = (recon - xb).pow(2).mean()
             perc = perceptual(recon, xb).mean() if perceptual is not None else mse.new_zeros(())

@@ -36,7 +36,7 @@ def sample(model: torch.nn.Module, train_scheduler, fst: torch.Tensor | None, le
     """Draw images for requested labels. ``fst`` (B,) in 1..6 or None (not conditioned),
     ``lesion`` (B,) index into ``schema.LESIONS`` or None. Returns (B, 3, size, size) in [-1, 1]."""
     if hasattr(model, "decode_latents"):  # Stable Diffusion: sample in latent space, decode
-        from bmglib.model_sd import sample_sd
+        from bmglib.diffusion.model_sd import sample_sd
 
         return sample_sd(model, fst, lesion, n=n, steps=steps, guidance=guidance,
                          generator=torch.Generator().manual_seed(seed))
@@ -167,7 +167,7 @@ def generate_to_disk(model: torch.nn.Module, train_scheduler, plan: pd.DataFrame
                      guidance: float = 0.5, sampler: str = "ddim", seed: int = 0, batch_size: int = 64,
                      provenance: dict | None = None, on_change: str = "restart",
                      progress: bool = True) -> pd.DataFrame:
-    """Draw the images of a quota ``plan`` (:func:`bmglib.balance.plan_quota`) into ``out_dir``:
+    """Draw the images of a quota ``plan`` (:func:`bmglib.diffusion.balance.plan_quota`) into ``out_dir``:
     ``images/*.png`` + ``manifest.csv`` in the metadata schema (plus :data:`MANIFEST_EXTRA`).
 
     Resumable: batch ``k`` of ``batch_size`` images uses seed ``(seed, k)``, and its rows are

@@ -1,6 +1,6 @@
-"""Uncertainty scores of a trained :class:`bmglib.vae.ConvVAE` and how to evaluate them.
+"""Uncertainty scores of a trained :class:`bmglib.vae.model.ConvVAE` and how to evaluate them.
 
-* **Encoder variance** (baseline): the mean σ² of q(z|x) (:func:`bmglib.vae.reconstruct`).
+* **Encoder variance** (baseline): the mean σ² of q(z|x) (:func:`bmglib.vae.model.reconstruct`).
 * **Laplace score** (SLUG-like, López-Pérez et al. 2025): a diagonal Gauss–Newton (GGN) Laplace
   posterior over the last decoder layer(s), θ ~ N(θ*, Σ), Σ = (τ + (N/n)·diag(Σ_i J_iᵀJ_i)/σ²)⁻¹,
   for a Gaussian likelihood of noise σ² (the MAP's mean squared residual; the perceptual term of
