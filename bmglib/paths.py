@@ -50,6 +50,14 @@ def samples_dir(profile: str, variant: str, purpose: str) -> Path:
     return data_root() / "samples" / profile / variant / purpose
 
 
+def reader_study_dir(name: str) -> Path:
+    """One blinded reader study (images, answers database, links): ``data/reader_studies/<name>``.
+    ``name``: letters, digits, ``-`` and ``_`` only, so it can never point outside that folder."""
+    if not name or not all(c.isalnum() or c in "-_" for c in name) or not name.isascii():
+        raise ValueError(f"a reader study name may hold only letters, digits, '-' and '_', got {name!r}")
+    return data_root() / "reader_studies" / name
+
+
 def cache_dir() -> Path:
     """Keyed caches of expensive steps (features, statistics)."""
     return data_root() / "cache"

@@ -1,0 +1,5 @@
+"""``python -m bmglib.readerstudy ...`` (see :mod:`bmglib.readerstudy.cli`)."""
+
+from bmglib.readerstudy.cli import main
+
+main()
