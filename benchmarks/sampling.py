@@ -24,7 +24,7 @@ import torch
 
 from bmglib import config, paths
 from bmglib.data import prepare
-from bmglib.diffusion import balance, sample, train
+from bmglib.diffusion import balance, sample, schedule, train
 from bmglib.metrics import image
 
 SAMPLERS = (("ddim", 50), ("dpmpp", 20))
@@ -41,7 +41,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = config.get_config(args.profile)
     model, run_cfg = train.load_trained(paths.run_dir(args.profile, args.variant))
-    sched = train.model_scheduler(model, run_cfg.diffusion)
+    sched = schedule.model_scheduler(model, run_cfg.diffusion)
     meta = prepare.load_prepared(args.profile, args.dataset)
     train_df, test_df = meta[meta["split"] == "train"], meta[meta["split"] == "test"]
     plan = balance.plan_quota(train_df, "per_cell", per_cell=args.per_cell, max_ratio=None)

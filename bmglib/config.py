@@ -1,12 +1,18 @@
-"""Typed configs per component, named profiles, strict overrides and the provenance stamp.
+"""The one configuration: a typed section per component, one profile table, strict overrides and
+the provenance stamp a loader rebuilds from.
 
-    cfg = get_config("quick", {"data.n_images": 2000})
+    cfg = get_config("quick", {"data.n_images": 2000, "downstream.epochs": 3})
     cfg.data.image_size            # 64
+    cfg.downstream.arch            # "resnet18"
+    from_dict(to_dict(cfg)) == cfg # True: what every artifact stores, and how it is read back
 
-An unknown key or a value of the wrong type is an error naming it (as nanoGPT's configurator).
-Profiles (see DESIGN.md): ``smoke`` — CI, every code path in seconds; ``quick`` — the embedded
-default on a 2-core CPU, meaningful numbers in about an hour; ``paper`` — a GPU at the seed paper's
-scale.
+Sections: ``data`` (the dataset and splits), ``audit`` and ``probe`` (notebook 01), ``diffusion``
+(02), ``sampling`` (02–04), ``metrics`` (04, 06), ``downstream`` (05, 06), ``vae`` (07).
+:data:`PROFILES` holds every profile's dotted-key changes to the defaults, for all sections. An
+unknown key or a value of the wrong type is an error naming it (as nanoGPT's configurator), and so
+is a value a section rejects (:func:`check`), after all overrides are applied. Profiles (see
+DESIGN.md): ``smoke`` — CI, every code path in seconds; ``quick`` — the embedded default on a
+2-core CPU, meaningful numbers in about an hour; ``paper`` — a GPU at the seed paper's scale.
 """
 
 from __future__ import annotations
@@ -42,13 +48,21 @@ class DataConfig:
 
 
 @dataclass
+class AuditConfig:
+    """The skin-tone part of the data audit (01): ITA measured on the images."""
+
+    ita_per_fst: int = 150  # images per labelled FST whose healthy-skin ITA is measured
+    isic_images: int = 0  # ISIC-2017 images (sorted by name) whose ITA is estimated (0 = all)
+
+
+@dataclass
 class ProbeConfig:
     """The bias probe: a small CNN melanoma classifier trained on the natural mix."""
 
-    image_size: int = 32
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 2e-3
+    image_size: int = 32  # pixels, square (images resized from the prepared data)
+    epochs: int = 12  # the epoch is chosen on validation
+    batch_size: int = 64  # images per training batch
+    lr: float = 2e-3  # learning rate of the optimiser
     width: int = 32  # channels of the first conv block
     n_boot: int = 2000  # bootstrap resamples for CIs
     seeds: int = 3  # training seeds (seed, seed+1, ...): the gap's spread over seeds
@@ -67,22 +81,22 @@ class DiffusionConfig:
     sd_path: str = ""  # local diffusers-format Stable Diffusion folder (backbone=sd)
     sd_mode: str = "labels"  # labels (tokens replace the prompt) | append | prompt (text baseline)
     sd_trainable: str = "lora"  # lora | full
-    lora_rank: int = 8
-    image_size: int = 32
+    lora_rank: int = 8  # rank of the LoRA adapters (sd_trainable=lora)
+    image_size: int = 32  # pixels, square: the training and sampling resolution
     base_channels: int = 32  # UNet channels per level: (c, 2c, 2c)
     cond_dim: int = 64  # label-token width
     pooled_cond: str = "mean"  # added to the time embedding: mean of the tokens | joint | none
     prediction_type: str = "v_prediction"  # v_prediction | epsilon
-    num_train_timesteps: int = 1000
-    steps: int = 1200
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup_steps: int = 50
+    num_train_timesteps: int = 1000  # diffusion timesteps of the noise schedule
+    steps: int = 1200  # optimiser steps
+    batch_size: int = 32  # images per batch (grad_accum batches per optimiser step)
+    lr: float = 1e-3  # AdamW peak learning rate
+    warmup_steps: int = 50  # linear LR warm-up, in steps
     lr_schedule: str = "constant"  # constant | cosine (decay to 0 after warm-up)
-    grad_accum: int = 1
+    grad_accum: int = 1  # batches accumulated per optimiser step
     fg_weight: float = 0.0  # denoising loss weight 1 + fg_weight·(colour distance from the skin)
     mixed_precision: str = "no"  # no | fp16 | bf16 (where the device supports it)
-    ema_decay: float = 0.995
+    ema_decay: float = 0.995  # of the EMA weights that are saved and sampled
     p_drop: float = 0.1  # label → null token probability (classifier-free guidance)
     fst_cond: bool = True  # condition on FST (False: lesion only)
     alpha: float = 1.0  # resampling: weight ∝ n_cell^-alpha (0 natural, 1 balanced)
@@ -98,8 +112,8 @@ class DiffusionConfig:
     # model output has this × the denoising loss's norm (the λs then only set the KL:CE mix); 0: fixed λs.
     # 0.3: on quick, fixed λs of 0.1–0.5 let the loss drown denoising (README, "What the fairness loss does")
     estimator: str = "cnn"  # frozen FST estimator of the fairness loss: cnn | ita
-    estimator_epochs: int = 6
-    checkpoint_every: int = 200
+    estimator_epochs: int = 6  # training epochs of the cnn estimator
+    checkpoint_every: int = 200  # steps between resumable checkpoints
     seed: int = 0
 
 
@@ -108,15 +122,16 @@ class SamplingConfig:
     """Drawing synthetic sets from a trained variant (03) and the balanced evaluation sets (04)."""
 
     sampler: str = "dpmpp"  # ddim | dpmpp (DPM-Solver++)
-    steps: int = 20
+    steps: int = 20  # sampler steps per image
     guidance: float = 0.5  # classifier-free guidance w: cond + w·(cond − uncond)
-    batch_size: int = 64
+    batch_size: int = 64  # images per sampler batch
     policy: str = "top_up"  # quota plan: top_up | fixed_total | per_cell (see balance.plan_quota)
     per_cell: int = 0  # for fixed_total / per_cell
     max_ratio: float = 10.0  # cap on synthetic:real per cell (0 = none)
     budget: int = 0  # cap on the total of the augmentation set, scaled down in proportion (0 = none)
     lesions: str = ""  # comma-separated lesion types to top up ("" = all)
     eval_per_cell: int = 20  # balanced evaluation set per FST × lesion cell (04)
+    grid_per_cell: int = 10  # samples per FST × lesion cell for 02's grid and adherence tables
     seed: int = 0
 
 
@@ -142,14 +157,77 @@ class ImageMetricsConfig:
     seed: int = 0
 
 
+#: downstream architectures (torchvision blocks in ``bmglib.downstream.ARCHS``)
+DOWNSTREAM_ARCHS = ("resnet18", "resnet50")
+#: rules for the melanoma decision threshold (``bmglib.downstream.choose_threshold``)
+THRESHOLDS = ("fixed", "val_youden")
+
+
+@dataclass
+class DownstreamConfig:
+    """The downstream melanoma classifier and its training (05, 06; ``bmglib.downstream``).
+
+    ``quick`` is ResNet-18 at width 16: the CIFAR-style stem keeps 32×32 feature maps in the first
+    stage (16× the FLOPs of torchvision's stem at 32 px), so width 64 trains at ~10–15 img/s on
+    2 CPU cores, width 32 at ~100–190 and width 16 at ~320 (1 thread) to ~550 (2 threads): 12
+    epochs of 1024 images take ~40 s per arm and seed (benchmarks/classifier_speed.py).
+    """
+
+    arch: str = "resnet18"  # resnet18 | resnet50 (torchvision blocks)
+    width: int = 16  # first-stage channels (torchvision: 64; ImageNet weights need 64); see above
+    small_stem: bool = True  # 3×3 stride-1 stem conv and no max-pool (CIFAR-style, ≤ 64 px)
+    weights_path: str = ""  # local torchvision ImageNet state dict (.pth | .safetensors); "" = random
+    image_size: int = 32  # pixels, square
+    epochs: int = 12  # the epoch with the best validation AUC is kept
+    epoch_images: int = 1024  # images per epoch, equal for every arm (0 = the training set's size)
+    batch_size: int = 64  # images per training batch
+    lr: float = 2e-3  # OneCycle peak
+    weight_decay: float = 5e-4  # AdamW
+    pos_fraction: float = 0.25  # share of melanomas in every epoch (pos_weight = (1 − q) / q), in (0, 1)
+    threshold: str = "fixed"  # fixed: p ≥ 0.5 | val_youden: max sensitivity + specificity on val
+    seeds: int = 3  # training seeds seed, seed+1, ...
+    seed: int = 0
+    n_boot: int = 1000  # bootstrap resamples for the CIs of evaluate_arms
+
+
+@dataclass
+class VAEConfig:
+    """The VAE audit (07; ``bmglib.vae``): model, perceptual features, FST mixes, Laplace score
+    and statistics."""
+
+    image_size: int = 32  # pixels, square; a power of two ≥ 8 (the encoder halves it to 4×4)
+    width: int = 16  # channels of the first encoder block: (w, 2w, 4w)
+    latent_dim: int = 32  # dimensions of z
+    n_train: int = 2000  # images per training mix (drawn from the training split)
+    epochs: int = 18  # passes over the training mix
+    batch_size: int = 64  # images per training batch
+    lr: float = 2e-3  # OneCycle peak
+    beta: float = 0.002  # KL weight per pixel (the MSE is a per-pixel mean)
+    perceptual_weight: float = 0.05  # weight of the perceptual distance in the loss
+    feature_width: int = 16  # the in-project perceptual CNN (classifiers.SmallCNN)
+    feature_epochs: int = 4  # its training epochs
+    sweep: tuple = (0.02, 0.10, 0.30)  # FST V–VI shares of the training mix, each in [0, 1]
+    laplace_layers: int = 0  # last parametrised decoder modules under the Laplace posterior (0: all)
+    laplace_fit: int = 1000  # training images used to fit the GGN diagonal
+    ggn_probes: int = 8  # Rademacher probes per batch for the GGN diagonal
+    prior_precision: float = 1.0  # of the isotropic Gaussian prior on the weights
+    score_probes: int = 16  # Rademacher probes per image for the trace / pixel map
+    n_boot: int = 1000  # bootstrap resamples for the CIs
+    n_isic: int = 150  # real ISIC-2017 images scored (at most 150)
+    seed: int = 0
+
+
 @dataclass
 class Config:
     profile: str = "quick"
     data: DataConfig = field(default_factory=DataConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     metrics: ImageMetricsConfig = field(default_factory=ImageMetricsConfig)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -174,6 +252,26 @@ PROFILES: dict[str, dict[str, Any]] = {
         "metrics.n_boot": 50,
         "diffusion.estimator_epochs": 1,
         "diffusion.warmup_steps": 2,
+        "audit.ita_per_fst": 40,
+        "audit.isic_images": 30,
+        "sampling.grid_per_cell": 2,
+        "downstream.width": 8,
+        "downstream.epochs": 2,
+        "downstream.epoch_images": 128,
+        "downstream.batch_size": 32,
+        "downstream.seeds": 2,
+        "downstream.n_boot": 100,
+        "vae.width": 8,
+        "vae.latent_dim": 8,
+        "vae.n_train": 200,
+        "vae.epochs": 2,
+        "vae.feature_width": 8,
+        "vae.feature_epochs": 1,
+        "vae.laplace_fit": 64,
+        "vae.ggn_probes": 2,
+        "vae.score_probes": 8,
+        "vae.n_boot": 200,
+        "vae.n_isic": 16,
     },
     # budget 600 keeps every melanoma, nevus and SK top-up whole (the water-filling trims only the
     # "other" cells, to 64 each) and saves ~15 min of sampling over the five variants of make paper
@@ -195,19 +293,45 @@ PROFILES: dict[str, dict[str, Any]] = {
         "diffusion.mixed_precision": "fp16",
         "diffusion.ema_decay": 0.9999,
         "diffusion.checkpoint_every": 1000,
+        "downstream.arch": "resnet50",
+        "downstream.width": 64,
+        "downstream.small_stem": False,
+        "downstream.image_size": 224,
+        "downstream.epochs": 30,
+        "downstream.epoch_images": 0,
+        "downstream.lr": 3e-4,
+        "downstream.weight_decay": 1e-4,
+        "downstream.seeds": 5,
+        "downstream.n_boot": 2000,
+        "vae.image_size": 128,
+        "vae.width": 32,
+        "vae.latent_dim": 128,
+        "vae.n_train": 8000,
+        "vae.epochs": 60,
+        "vae.feature_width": 32,
+        "vae.feature_epochs": 10,
+        "vae.laplace_fit": 4000,
+        "vae.n_boot": 2000,
     },
 }
 
 
 class ConfigError(KeyError):
-    """An override names an unknown key or gives a value of the wrong type."""
+    """An override names an unknown key, gives a value of the wrong type or one its section
+    rejects (:func:`check`)."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
 
 
 def _check_type(key: str, value: Any, current: Any) -> Any:
+    """``value`` as the type of ``current``: an int is a float where a float is expected; a tuple
+    key takes a list or tuple (JSON stores tuples as lists) with the element type of ``current``."""
     expected = type(current)
+    if expected is tuple and isinstance(value, list | tuple):
+        if not current:
+            return tuple(value)
+        return tuple(_check_type(f"{key}[{i}]", v, current[0]) for i, v in enumerate(value))
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
@@ -217,8 +341,29 @@ def _check_type(key: str, value: Any, current: Any) -> Any:
     return value
 
 
+def _reject(key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"config key {key!r} must be {allowed}, got {value!r}")
+
+
+def check(cfg: Config) -> None:
+    """The section rules beyond types, run after all overrides (a ``ConfigError`` naming the key):
+    ``downstream`` arch, threshold and ``0 < pos_fraction < 1``; ``vae`` image size and sweep."""
+    d, v = cfg.downstream, cfg.vae
+    if d.arch not in DOWNSTREAM_ARCHS:
+        _reject("downstream.arch", d.arch, f"one of {list(DOWNSTREAM_ARCHS)}")
+    if d.threshold not in THRESHOLDS:
+        _reject("downstream.threshold", d.threshold, f"one of {list(THRESHOLDS)}")
+    if not 0 < d.pos_fraction < 1:
+        _reject("downstream.pos_fraction", d.pos_fraction, "in (0, 1)")
+    if v.image_size < 8 or v.image_size & (v.image_size - 1):
+        _reject("vae.image_size", v.image_size, "a power of two >= 8")
+    if not v.sweep or not all(0 <= s <= 1 for s in v.sweep):
+        _reject("vae.sweep", v.sweep, "a non-empty tuple of FST V-VI shares in [0, 1]")
+
+
 def apply_overrides(cfg: Config, overrides: dict[str, Any] | None) -> Config:
-    """Return a copy of ``cfg`` with dotted-key overrides applied strictly."""
+    """Return a copy of ``cfg`` with dotted-key overrides (``"downstream.epochs": 3``) applied
+    strictly: an unknown key, a wrong type or a value :func:`check` rejects is a ``ConfigError``."""
     cfg = dataclasses.replace(
         cfg, **{f.name: dataclasses.replace(getattr(cfg, f.name)) for f in _sections(cfg)}
     )
@@ -232,6 +377,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any] | None) -> Config:
         if name not in names:
             raise ConfigError(f"unknown config key {key!r}; {section} has {names}")
         setattr(sec, name, _check_type(key, value, getattr(sec, name)))
+    check(cfg)
     return cfg
 
 
@@ -256,6 +402,8 @@ def with_variant(cfg: Config, variant: str) -> Config:
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
+    """Every section of ``cfg`` as plain values (JSON-serialisable): what artifacts store and
+    :func:`from_dict` rebuilds."""
     return dataclasses.asdict(cfg)
 
 
@@ -266,8 +414,10 @@ LEGACY: dict[str, Any] = {"diffusion.fair_target": "requested"}
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
-    """Rebuild a stored config (``to_dict``); keys in :data:`LEGACY` it predates take their legacy
-    value, other keys and sections it predates their defaults; an unknown key is an error."""
+    """Rebuild a stored config (``to_dict``, or a provenance stamp's ``"config"``) strictly, as
+    :func:`apply_overrides` does; keys in :data:`LEGACY` it predates take their legacy value, other
+    keys and sections it predates (e.g. ``downstream`` and ``vae`` in configs stored before they
+    joined :class:`Config`) their defaults; an unknown key is an error."""
     cfg = Config(profile=raw.get("profile", "quick"))
     flat = {f"{sec}.{k}": v for sec, values in raw.items() if isinstance(values, dict)
             for k, v in values.items()}

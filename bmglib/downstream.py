@@ -21,6 +21,8 @@ and a difference between arms comes from their data, not from more gradient step
 is checkpointed (weights as safetensors, optimizer, LR schedule, RNG, history); an interrupted
 run resumes to the same weights as an uninterrupted one (the data order and augmentation of an
 epoch are derived from ``(seed, epoch)``). Finished runs are cached under a key of all inputs.
+The settings are the ``downstream`` section of the one config (``config.get_config(profile).downstream``,
+:class:`bmglib.config.DownstreamConfig`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,74 +40,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
-from tqdm.auto import tqdm
 
-from bmglib import config, paths
+from bmglib import augment, cache, config, paths, trainer
+from bmglib.config import DownstreamConfig
 from bmglib.data import images
 from bmglib.metrics import fairness
+from bmglib.trainer import to_float
 
 ARMS = ("real", "real+standard", "real+bmg")
+#: torchvision blocks of each ``config.DOWNSTREAM_ARCHS`` entry
 ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet50": (Bottleneck, [3, 4, 6, 3])}
-THRESHOLDS = ("fixed", "val_youden")
 CELL = ["lesion", "fitzpatrick_scale"]
-VERSION = 1  # bump when training changes: invalidates cached runs
+AUGMENT = "dihedral_per_image"  # bmglib.augment: one of the 8 flip/rotation poses per image
 Callback = Callable[[int, dict], None]  # (epoch done, 1-based; its history row)
-
-
-@dataclass
-class DownstreamConfig:
-    """The downstream classifier and its training (profiles: :data:`DOWNSTREAM_PROFILES`).
-
-    ``quick`` is ResNet-18 at width 16: the CIFAR-style stem keeps 32×32 feature maps in the first
-    stage (16× the FLOPs of torchvision's stem at 32 px), so width 64 trains at ~10–15 img/s on
-    2 CPU cores, width 32 at ~100–190 and width 16 at ~320 (1 thread) to ~550 (2 threads): 12
-    epochs of 1024 images take ~40 s per arm and seed (benchmarks/classifier_speed.py).
-    """
-
-    arch: str = "resnet18"  # resnet18 | resnet50 (torchvision blocks)
-    width: int = 16  # first-stage channels (torchvision: 64; ImageNet weights need 64); see below
-    small_stem: bool = True  # 3×3 stride-1 stem conv and no max-pool (CIFAR-style, ≤ 64 px)
-    weights_path: str = ""  # local torchvision ImageNet state dict (.pth | .safetensors); "" = random
-    image_size: int = 32
-    epochs: int = 12
-    epoch_images: int = 1024  # images per epoch, equal for every arm (0 = the training set's size)
-    batch_size: int = 64
-    lr: float = 2e-3  # OneCycle peak
-    weight_decay: float = 5e-4
-    pos_fraction: float = 0.25  # share of melanomas in every epoch (pos_weight = (1 − q) / q)
-    threshold: str = "fixed"  # fixed: p ≥ 0.5 | val_youden: max sensitivity + specificity on val
-    seeds: int = 3  # training seeds seed, seed+1, ...
-    seed: int = 0
-    n_boot: int = 1000  # bootstrap resamples for the CIs of evaluate_arms
-
-
-DOWNSTREAM_PROFILES: dict[str, dict] = {
-    "smoke": {"width": 8, "epochs": 2, "epoch_images": 128, "batch_size": 32, "seeds": 2,
-              "n_boot": 100},
-    "quick": {},
-    "paper": {"arch": "resnet50", "width": 64, "small_stem": False, "image_size": 224,
-              "epochs": 30, "epoch_images": 0, "lr": 3e-4, "weight_decay": 1e-4, "seeds": 5,
-              "n_boot": 2000},
-}
-
-
-def downstream_config(profile: str = "quick", overrides: dict | None = None) -> DownstreamConfig:
-    """A profile's :class:`DownstreamConfig` plus strict overrides (``"epochs"`` or
-    ``"downstream.epochs"``): an unknown key or a wrong type is a ``config.ConfigError``."""
-    if profile not in DOWNSTREAM_PROFILES:
-        raise config.ConfigError(f"unknown profile {profile!r}; choose one of "
-                                 f"{list(DOWNSTREAM_PROFILES)}")
-    cfg = DownstreamConfig()
-    names = [f.name for f in dataclasses.fields(cfg)]
-    for key, value in {**DOWNSTREAM_PROFILES[profile], **(overrides or {})}.items():
-        name = key.removeprefix("downstream.")
-        if name not in names:
-            raise config.ConfigError(f"unknown config key {key!r}; downstream has {names}")
-        setattr(cfg, name, config._check_type(key, value, getattr(cfg, name)))
-    if cfg.arch not in ARCHS or cfg.threshold not in THRESHOLDS or not 0 < cfg.pos_fraction < 1:
-        raise config.ConfigError(f"arch must be in {list(ARCHS)}, threshold in {THRESHOLDS}, "
-                                 f"0 < pos_fraction < 1; got {cfg}")
-    return cfg
 
 
 # --- the arms -----------------------------------------------------------------------------------
@@ -149,6 +95,17 @@ def build_arms(real_train: pd.DataFrame, synthetic: Mapping[str, pd.DataFrame] |
         part = subsample_stratified(syn, n, seed).assign(train_source="synthetic")
         arms[f"real+{variant}"] = pd.concat([arms["real"], part], ignore_index=True)
     return arms
+
+
+def describe_arms(arms: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per arm (:func:`build_arms`): images, melanomas, synthetic images and synthetic
+    melanomas on FST IV–VI (where the real data is thinnest)."""
+    rows = {}
+    for arm, df in arms.items():
+        synthetic, melanoma = df["train_source"] == "synthetic", df["lesion"] == "melanoma"
+        rows[arm] = {"images": len(df), "melanomas": int(melanoma.sum()), "synthetic": int(synthetic.sum()),
+                     "synthetic melanomas IV-VI": int((synthetic & melanoma & (df["fitzpatrick_scale"] >= 4)).sum())}
+    return pd.DataFrame(rows).T
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -225,15 +182,6 @@ def build_model(cfg: DownstreamConfig) -> MelanomaResNet:
 # --- training -----------------------------------------------------------------------------------
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """A random flip/90°-rotation (one of the 8 dihedral poses) per image of (B, 3, S, S).
-    Geometry only: colour jitter would move the skin's ITA and so its apparent FST."""
-    t, h, v = (torch.rand(3, len(x), generator=gen) < 0.5).view(3, -1, 1, 1, 1)
-    x = torch.where(t, x.transpose(2, 3), x)
-    x = torch.where(h, x.flip(3), x)
-    return torch.where(v, x.flip(2), x)
-
-
 def _stream(n: int, start: int, count: int, key: list[int]) -> np.ndarray:
     """Items ``start .. start+count`` of an endless chain of permutations of ``range(n)``,
     the ``c``-th seeded by ``key + [c]``: every item once per cycle, and stateless."""
@@ -258,11 +206,6 @@ def epoch_indices(y: np.ndarray, epoch: int, n_images: int, pos_fraction: float,
     return idx[np.random.default_rng([seed, 2, epoch]).permutation(len(idx))]
 
 
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] → float32 [-1, 1] (the inverse of :func:`load_images`' storage)."""
-    return x.float().div_(127.5).sub_(1.0)
-
-
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     """Logits (N,) of uint8 images (N, 3, S, S), in eval mode."""
@@ -273,14 +216,6 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> 
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
-@dataclass
-class FitResult:
-    model: MelanomaResNet  # the best epoch's weights, eval mode
-    history: pd.DataFrame  # epoch, loss, val_loss, val_auc, lr, seconds, images_per_s, best
-    best_epoch: int  # 1-based
-    resumed_from: int  # epoch of the checkpoint resumed from (0 = fresh)
-
-
 def _check_labels(y_train: np.ndarray, y_val: np.ndarray) -> None:
     for name, y in (("training", y_train), ("validation", y_val)):
         if y.sum() == 0 or y.sum() == len(y):
@@ -288,114 +223,47 @@ def _check_labels(y_train: np.ndarray, y_val: np.ndarray) -> None:
                              f"{len(y)}): need both to train and to choose the epoch by AUC")
 
 
-def _save_checkpoint(ck: Path, model, best_state, opt, sched, state: dict) -> None:
-    """Write ``ck`` atomically (a temporary folder renamed): it exists only once complete."""
-    tmp = ck.with_name(ck.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    save_file(best_state, tmp / "best.safetensors")
-    torch.save({**state, "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
-    old = ck.with_name(ck.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if ck.exists():
-        ck.rename(old)
-    tmp.rename(ck)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_checkpoint(ck: Path, run_id: str, model, opt, sched) -> dict | None:
-    """Restore ``ck`` into model/opt/sched; None (start fresh) if absent or of another run."""
-    if not (ck / "state.pt").exists():  # interrupted between the two renames of _save_checkpoint
-        ck = ck.with_name(ck.name + ".old")
-    if not (ck / "state.pt").exists():
-        return None
-    state = torch.load(ck / "state.pt", weights_only=False)
-    if state.get("run_id") != run_id:
-        return None
-    model.load_state_dict(load_file(ck / "model.safetensors"))
-    opt.load_state_dict(state.pop("opt"))
-    sched.load_state_dict(state.pop("sched"))
-    torch.set_rng_state(state.pop("torch_rng"))
-    state["best_state"] = load_file(ck / "best.safetensors")
-    return state
-
-
 def fit(x_train: torch.Tensor, y_train: np.ndarray, x_val: torch.Tensor, y_val: np.ndarray,
         cfg: DownstreamConfig, seed: int = 0, ckpt_dir: str | Path | None = None,
         run_id: str = "", callbacks: Sequence[Callback] = (), progress: bool = True,
-        desc: str = "downstream epochs") -> FitResult:
+        desc: str = "downstream epochs") -> trainer.FitResult:
     """Train :func:`build_model` on uint8 images ``x_*`` (N, 3, S, S) with labels ``y_*`` (N,)
-    {0, 1}; keep the epoch with the best validation AUC.
+    {0, 1} (``bmglib.trainer.fit``: AdamW, OneCycle, a dihedral pose per image, BCE with
+    ``pos_weight = (1 − q) / q``); keep the epoch with the best validation AUC.
 
-    ``ckpt_dir``: checkpoint after every epoch and resume from it when its ``run_id`` matches.
-    ``callbacks`` run after each epoch's checkpoint with (epoch, history row); one that raises
-    interrupts training, which a later call resumes.
+    Every epoch is :func:`epoch_indices` of ``steps = epoch_images // batch_size`` full batches,
+    augmented from a generator seeded by ``(seed, epoch)``: an epoch depends only on its index.
+    ``ckpt_dir``: checkpoint after every epoch (``ckpt_dir/last``, :class:`bmglib.trainer.Checkpoint`)
+    and resume from it when its ``run_id`` matches. ``callbacks`` run after each epoch's checkpoint
+    with (epoch, history row); one that raises interrupts training, which a later call resumes.
+    History columns: epoch, loss, val_loss, val_auc, lr, seconds, images_per_s, best.
     """
     y_train, y_val = np.asarray(y_train, int), np.asarray(y_val, int)
     _check_labels(y_train, y_val)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     model = build_model(cfg).to(device)
-    n_epoch = cfg.epoch_images or len(x_train)
-    steps = max(1, n_epoch // cfg.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps)
-    w = torch.tensor((1 - cfg.pos_fraction) / cfg.pos_fraction, device=device)
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=w)
-    ck = Path(ckpt_dir) / "last" if ckpt_dir else None
-    state = (_load_checkpoint(ck, run_id, model, opt, sched) if ck else None) or {
-        "epoch": 0, "history": [], "best_auc": -np.inf, "best_epoch": 0, "best_state": None}
-    resumed_from = state["epoch"]
-    bar = tqdm(range(state["epoch"], cfg.epochs), initial=state["epoch"], total=cfg.epochs,
-               desc=desc, disable=not progress)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        loss = _train_epoch(model, opt, sched, loss_fn, x_train, y_train, epoch, steps, cfg, seed)
-        seconds = time.perf_counter() - t0
-        logits = predict_logits(model, x_val)
-        val_loss = float(loss_fn(torch.from_numpy(logits).to(device),
-                                 torch.from_numpy(y_val).float().to(device)))
-        val_auc = fairness.auc(y_val, logits)
-        row = {"epoch": epoch + 1, "loss": loss, "val_loss": val_loss, "val_auc": val_auc,
-               "lr": sched.get_last_lr()[0], "seconds": seconds,
-               "images_per_s": steps * cfg.batch_size / seconds}
-        state["history"].append(row)
-        if val_auc > state["best_auc"] or state["best_state"] is None:
-            state.update(best_auc=val_auc, best_epoch=epoch + 1, best_state={
-                k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()})
-        state["epoch"] = epoch + 1
-        bar.set_postfix(loss=f"{loss:.3f}", val_auc=f"{val_auc:.3f}")
-        if ck:
-            _save_checkpoint(ck, model, state["best_state"], opt, sched,
-                             {k: v for k, v in state.items() if k != "best_state"} | {"run_id": run_id})
-        for cb in callbacks:
-            cb(epoch + 1, row)
-    model.load_state_dict(state["best_state"])
-    history = pd.DataFrame(state["history"]).assign(
-        best=lambda h: h["epoch"] == state["best_epoch"])
-    return FitResult(model.eval(), history, state["best_epoch"], resumed_from)
+    n_images = max(1, (cfg.epoch_images or len(x_train)) // cfg.batch_size) * cfg.batch_size
+    bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((1 - cfg.pos_fraction) / cfg.pos_fraction,
+                                                       device=device))
+    data = trainer.TrainData(
+        x_train, torch.from_numpy(y_train).float(), size=n_images,
+        order=lambda epoch, gen: torch.from_numpy(epoch_indices(y_train, epoch, n_images,
+                                                                cfg.pos_fraction, seed)),
+        epoch_generator=lambda epoch: torch.Generator().manual_seed(
+            int(np.random.default_rng([seed, 3, epoch]).integers(2**62))))
 
+    def validate(m: nn.Module) -> dict:
+        logits = predict_logits(m, x_val)
+        val_loss = float(bce(torch.from_numpy(logits).to(device), torch.from_numpy(y_val).float().to(device)))
+        return {"val_loss": val_loss, "val_auc": fairness.auc(y_val, logits)}
 
-def _train_epoch(model, opt, sched, loss_fn, x_train, y_train, epoch, steps, cfg, seed) -> float:
-    """One epoch of ``steps`` batches; returns the mean training loss."""
-    model.train()
-    device = next(model.parameters()).device
-    idx = torch.from_numpy(epoch_indices(y_train, epoch, steps * cfg.batch_size,
-                                         cfg.pos_fraction, seed))
-    y = torch.from_numpy(y_train).float()
-    gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, 3, epoch]).integers(2**62)))
-    losses = []
-    for b in idx.split(cfg.batch_size):
-        x = augment(to_float(x_train[b]), gen).to(device)
-        loss = loss_fn(model(x), y[b].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    return float(np.mean(losses))
+    fit_cfg = trainer.FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                weight_decay=cfg.weight_decay, schedule="onecycle", augment=AUGMENT,
+                                select="val_auc", seed=seed, desc=desc, progress=progress, leave=True)
+    checkpoint = [trainer.Checkpoint(Path(ckpt_dir) / "last", run_id)] if ckpt_dir else []
+    return trainer.fit(model, data, fit_cfg, lambda m, x, y: bce(m(x), y), validate,
+                       [*checkpoint, *callbacks])
 
 
 # --- images, arms and seeds ---------------------------------------------------------------------
@@ -435,7 +303,7 @@ def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, rule: str = "fixed") 
     if rule == "fixed":
         return 0.5
     if rule != "val_youden":
-        raise ValueError(f"threshold rule must be one of {THRESHOLDS}, got {rule!r}")
+        raise ValueError(f"threshold rule must be one of {config.THRESHOLDS}, got {rule!r}")
     y_val, p_val = np.asarray(y_val, int), np.asarray(p_val, float)
     cands = np.unique(p_val)
     j = [np.mean(p_val[y_val == 1] >= t) + np.mean(p_val[y_val == 0] < t) for t in cands]
@@ -448,7 +316,7 @@ class ArmResult:
     seed: int
     predictions: pd.DataFrame  # test rows: md5hash, image_path, fitzpatrick_scale, lesion,
     #                            y_true, p_melanoma, y_pred, arm, seed
-    history: pd.DataFrame  # per epoch (see FitResult)
+    history: pd.DataFrame  # per epoch (see bmglib.trainer.FitResult)
     info: dict  # best_epoch, threshold, n_train, n_pos, n_synthetic, train_seconds, images_per_s
     out_dir: Path
     cached: bool
@@ -459,7 +327,8 @@ TABLE_COLUMNS = ("md5hash", "image_path", "fitzpatrick_scale", "lesion")
 
 def arm_key(arm: str, train_df, val_df, test_df, cfg: DownstreamConfig, seed: int) -> str:
     """The cache key of one run: every input it depends on (tables by content, the training
-    config without ``seeds``/``n_boot``, the weights file's md5, the seed, :data:`VERSION`)."""
+    config without ``seeds``/``n_boot``, the weights file's md5, the seed, and a digest of the
+    code that trains and predicts, ``bmglib.cache.code_digest``: a changed line retrains)."""
     cols = ("md5hash", "fitzpatrick_scale", "lesion")
     training = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("seeds", "n_boot")}
     if cfg.weights_path:
@@ -467,7 +336,7 @@ def arm_key(arm: str, train_df, val_df, test_df, cfg: DownstreamConfig, seed: in
     return config.cache_key(arm=arm, train=config.hash_table(train_df, cols),
                             val=config.hash_table(val_df, cols),
                             test=config.hash_table(test_df, cols), cfg=training, seed=seed,
-                            version=VERSION)
+                            code=CODE_DIGEST)
 
 
 def _read_result(out: Path, key: str, arm: str, seed: int) -> ArmResult | None:
@@ -528,6 +397,13 @@ def run_arm(arm: str, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df: pd.
     return ArmResult(arm, seed, preds, res.history, info, out, False)
 
 
+#: :func:`bmglib.cache.code_digest` of the code a run's weights and predictions depend on, taken
+#: when the module is imported (part of :func:`arm_key`)
+CODE_DIGEST = cache.code_digest(trainer, augment, _resnet, MelanomaResNet, build_model, _stream,
+                                epoch_indices, fit, predict_logits, choose_threshold, run_arm,
+                                load_images, images.load_tensor, images.load_image)
+
+
 def load_arm_model(result: ArmResult) -> MelanomaResNet:
     """The best-epoch classifier of a finished run (eval mode), rebuilt from its stored config."""
     stored = json.loads((result.out_dir / "result.json").read_text())["downstream"]
@@ -571,3 +447,13 @@ def evaluate_arms(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
         for t in tables.values():
             t[-1].insert(0, "arm", arm)
     return {k: pd.concat(v, ignore_index=True) for k, v in tables.items()}
+
+
+def write_tables(tables: dict[str, pd.DataFrame], out_dir: Path, prefix: str = "05") -> None:
+    """Write each table of :func:`evaluate_arms` to ``<prefix>_<name>.csv`` and the per-FST and
+    per-group rows together (with a ``level`` column) to ``downstream_metrics.csv``."""
+    out_dir = Path(out_dir)
+    for name, t in tables.items():
+        t.to_csv(out_dir / f"{prefix}_{name}.csv", index=False)
+    pd.concat([t.assign(level=name) for name, t in tables.items() if name != "summary"]).to_csv(
+        out_dir / "downstream_metrics.csv", index=False)

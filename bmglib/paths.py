@@ -58,6 +58,12 @@ def reader_study_dir(name: str) -> Path:
     return data_root() / "reader_studies" / name
 
 
+def release_dir(profile: str, variant: str) -> Path:
+    """A shareable release of one variant (``bmglib.release``): ``data/releases/<profile>_<variant>``
+    with ``dataset/`` (Hugging Face imagefolder + card) and ``generator/`` (weights + model card)."""
+    return data_root() / "releases" / f"{profile}_{variant}"
+
+
 def cache_dir() -> Path:
     """Keyed caches of expensive steps (features, statistics)."""
     return data_root() / "cache"

@@ -67,6 +67,15 @@ def plot_confusion(table: pd.DataFrame, title: str, xlabel: str, ylabel: str, sa
     return save(fig, save_to)
 
 
+def plot_confusions(tables: dict[str, pd.DataFrame], tag: str, ylabel: str, save_to=None):
+    """:func:`plot_confusion` side by side, one panel per estimator: ``tables[name]`` a count table
+    (e.g. ``adherence.confusion``), titled ``"<name> · <tag>"``, x label ``"<name>-estimated FST"``."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.75 * len(tables), 3.9), squeeze=False)
+    for ax, (name, table) in zip(axes[0], tables.items(), strict=True):
+        confusion_axes(ax, table, f"{name} · {tag}", f"{name}-estimated FST", ylabel)
+    return save(fig, save_to)
+
+
 def confusion_axes(ax, table: pd.DataFrame, title: str, xlabel: str, ylabel: str):
     """:func:`plot_confusion` on an existing axes (for side-by-side panels)."""
     share = table.div(table.sum(1).replace(0, np.nan), axis=0)
@@ -256,35 +265,41 @@ CLAIMED_ABLATION = {"no_fairloss": "FID variance over FST 4× the full method's"
 def _share(d: dict | None) -> str:
     if not d or not d.get("n"):
         return "—"
-    return f"{d['share']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}] (n={d['n']})"
+    return f"{d['value']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}] (n={d['n']})"
 
 
-def ablation_table(measures: dict[str, dict], reference: str = "bmg") -> pd.DataFrame:
+def _by_variant(tidy: pd.DataFrame) -> dict[str, dict[str, dict]]:
+    """variant → measure → row (value, ci_low, ci_high, sd, n, note) of an ablation tidy table."""
+    return {v: {r["measure"]: r for r in g.to_dict("records")}
+            for v, g in tidy.groupby("variant", sort=False)}
+
+
+def _is_requested(light: dict) -> bool:
+    return light["note"].startswith("samples requested")
+
+
+def ablation_table(tidy: pd.DataFrame, reference: str = "bmg") -> pd.DataFrame:
     """The ablation table of notebook 06, one row per variant, every number with its N and CI.
 
-    ``measures[variant]``: ``fid`` ({"I-III", "IV-VI"} → FID), ``n_group``, ``fid_sd``, ``n_fst``,
-    ``var_ratio`` (point, low, high: FID variance over FST ÷ the reference's, paired bootstrap),
-    ``fst`` / ``fst_v_vi`` (ITA) / ``fst_audit`` / ``fst_audit_v_vi`` (the auditor CNN; optional) /
-    ``light`` / ``lesion`` (:func:`bmglib.metrics.adherence.share_ci` dicts; ``fst*`` None for a
-    variant without FST conditioning; ``light`` with ``over``), and
-    ``gap`` / ``edfr`` (rows of the downstream ``summary``: value, sd, ci_low, ci_high; None if
-    the arm was not run).
+    ``tidy``: :func:`bmglib.ablation.collect` (one row per variant × measure, see
+    :data:`bmglib.ablation.MEASURES`); a share that is absent (no FST conditioning) or has n=0,
+    and a downstream arm that was not run, show as "—".
     """
     rows = []
-    for v, m in measures.items():
-        r, lo, hi = m["var_ratio"]
-        light = m["light"]
+    for v, m in _by_variant(tidy).items():
+        ratio, light = m["fid_var_ratio"], m["light"]
         row = {
             "variant": v, "removed": VARIANT_OFF.get(v, "?"),
-            "FID I–III / IV–VI": f"{m['fid']['I-III']:.1f} / {m['fid']['IV-VI']:.1f} (n={m['n_group']} each)",
-            "FID SD over FST": f"{m['fid_sd']:.1f} (n={m['n_fst']} per FST)",
-            f"FID variance ÷ {reference}": "1 (reference)" if v == reference else f"{r:.2f} [{lo:.2f}, {hi:.2f}]",
-            "FST adherence (ITA)": _share(m["fst"]), "FST adherence V–VI (ITA)": _share(m["fst_v_vi"]),
+            "FID I–III / IV–VI": (f"{m['fid I-III']['value']:.1f} / {m['fid IV-VI']['value']:.1f} "
+                                  f"(n={m['fid I-III']['n']} each)"),
+            "FID SD over FST": f"{m['fid_sd']['value']:.1f} (n={m['fid_sd']['n']} per FST)",
+            f"FID variance ÷ {reference}": ("1 (reference)" if v == reference else
+                                            f"{ratio['value']:.2f} [{ratio['ci_low']:.2f}, {ratio['ci_high']:.2f}]"),
+            "FST adherence (ITA)": _share(m.get("fst")), "FST adherence V–VI (ITA)": _share(m.get("fst_v_vi")),
             "FST adherence (auditor CNN)": _share(m.get("fst_audit")),
             "FST adherence V–VI (auditor CNN)": _share(m.get("fst_audit_v_vi")),
-            "II–III share when V–VI asked": _share(light) + ("" if light["over"].startswith("samples requested")
-                                                             else " *"),
-            "lesion adherence": _share(m["lesion"]),
+            "II–III share when V–VI asked": _share(light) + ("" if _is_requested(light) else " *"),
+            "lesion adherence": _share(m.get("lesion")),
         }
         for key, label in (("gap", "downstream gap (acc I–III − IV–VI)"), ("edfr", "downstream EDFR")):
             s = m.get(key)
@@ -294,11 +309,12 @@ def ablation_table(measures: dict[str, dict], reference: str = "bmg") -> pd.Data
     return pd.DataFrame(rows).set_index("variant")
 
 
-def plot_ablation(measures: dict[str, dict], reference: str = "bmg", title: str = "", save_to=None):
-    """Four panels, one bar per variant with its 95% interval: FID variance over FST ÷ the
+def plot_ablation(tidy: pd.DataFrame, reference: str = "bmg", title: str = "", save_to=None):
+    """Five panels, one bar per variant with its 95% interval: FID variance over FST ÷ the
     reference's (log scale, the claimed 4× marked), FST adherence V–VI, the II–III share when
     V–VI was asked (hatched: the variant could not be asked, share of all its draws), lesion
-    adherence, and the downstream accuracy gap."""
+    adherence, and the downstream accuracy gap. ``tidy``: :func:`bmglib.ablation.collect`."""
+    measures = _by_variant(tidy)
     variants = list(measures)
     x = np.arange(len(variants))
     fig, axes = plt.subplots(1, 5, figsize=(21, 3.6))
@@ -315,67 +331,130 @@ def plot_ablation(measures: dict[str, dict], reference: str = "bmg", title: str 
         if ylim:
             ax.set_ylim(*ylim)
 
-    def share(d):
-        return None if not d or not d.get("n") else (d["share"], d["ci_low"], d["ci_high"])
+    def interval(v, name, shares=True):
+        d = measures[v].get(name)
+        return None if not d or (shares and not d.get("n")) else (d["value"], d["ci_low"], d["ci_high"])
 
-    bars(axes[0], [measures[v]["var_ratio"] for v in variants], f"FID variance over FST ÷ {reference}",
-         ylim=None)
+    bars(axes[0], [interval(v, "fid_var_ratio", shares=False) for v in variants],
+         f"FID variance over FST ÷ {reference}", ylim=None)
     axes[0].set_yscale("log")
     axes[0].yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
     axes[0].yaxis.set_minor_formatter(ticker.NullFormatter())
     axes[0].axhline(1, color="k", lw=0.8)
     axes[0].axhline(4, color="C3", ls="--", lw=0.8, label="claimed: 4× without fairness loss")
     axes[0].legend(fontsize=7)
-    bars(axes[1], [share(measures[v]["fst_v_vi"]) for v in variants], "FST adherence, V–VI asked (ITA)")
+    bars(axes[1], [interval(v, "fst_v_vi") for v in variants], "FST adherence, V–VI asked (ITA)")
     for i, v in enumerate(variants):
-        if measures[v]["fst_v_vi"] is None:
+        if "fst_v_vi" not in measures[v]:
             axes[1].text(i, 0.05, "not FST-\nconditioned", ha="center", fontsize=7, color="C7")
-    bars(axes[2], [share(measures[v]["light"]) for v in variants], "II–III share when V–VI asked",
-         hatch=[not measures[v]["light"]["over"].startswith("samples requested") for v in variants])
+    bars(axes[2], [interval(v, "light") for v in variants], "II–III share when V–VI asked",
+         hatch=[not _is_requested(measures[v]["light"]) for v in variants])
     axes[2].axhline(0.9, color="C3", ls="--", lw=0.8, label="claimed >0.9 without FST cond.")
     axes[2].legend(fontsize=7)
-    bars(axes[3], [share(measures[v]["lesion"]) for v in variants], "lesion adherence (chance 0.25)")
+    bars(axes[3], [interval(v, "lesion") for v in variants], "lesion adherence (chance 0.25)")
     axes[3].axhline(0.25, color="k", ls=":", lw=0.8)
-    gaps = [None if measures[v].get("gap") is None else
-            (measures[v]["gap"]["value"], measures[v]["gap"]["ci_low"], measures[v]["gap"]["ci_high"])
-            for v in variants]
-    bars(axes[4], gaps, "downstream gap, acc I–III − IV–VI (real + variant)", ylim=None)
+    bars(axes[4], [interval(v, "gap", shares=False) for v in variants],
+         "downstream gap, acc I–III − IV–VI (real + variant)", ylim=None)
     axes[4].axhline(0, color="k", lw=0.8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save(fig, save_to)
 
 
-# --- README ------------------------------------------------------------------------------------
+# --- README and docs/ ------------------------------------------------------------------------
 
 README_BEGIN, README_END = "<!-- results:begin (make readme) -->", "<!-- results:end -->"
+#: The columns of 05's results table that the README's headline keeps (docs/results.md has all).
+HEADLINE_COLUMNS = ("arm", "EDFR", "gap (acc I–III − IV–VI)", "n test (mel) I–III / IV–VI", "seeds",
+                    "claimed (seed paper)")
 
 
-def splice_readme(readme: str | Path, tables: list[str | Path]) -> str:
-    """Replace the text between :data:`README_BEGIN` and :data:`README_END` in ``readme`` by the
-    generated tables (markdown files written by notebooks 05 and 06, each with its commit and
-    date); a level-1 heading in a table file becomes level 3. Returns the new text and writes it.
-    Missing table files are named in the error (run ``make paper`` first)."""
-    readme = Path(readme)
-    text = readme.read_text()
-    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
-        raise ValueError(f"{readme}: expected one {README_BEGIN!r} and one {README_END!r} marker")
+def markers(name: str) -> tuple[str, str]:
+    """The begin/end comments of a spliced block, e.g. ``<!-- headline:begin (make readme) -->``."""
+    return f"<!-- {name}:begin (make readme) -->", f"<!-- {name}:end -->"
+
+
+def _read_tables(tables: list[str | Path]) -> list[str]:
     missing = [str(t) for t in tables if not Path(t).exists()]
     if missing:
         raise FileNotFoundError(f"missing generated tables {missing}: run `make paper` first")
-    parts = []
-    for t in tables:
-        body = Path(t).read_text().strip()
-        parts.append("\n".join("##" + line if line.startswith("# ") else line for line in body.splitlines()))
-    head, rest = text.split(README_BEGIN)
-    _, tail = rest.split(README_END)
-    new = head + README_BEGIN + "\n" + "\n\n".join(parts) + "\n" + README_END + tail
-    readme.write_text(new)
+    return [Path(t).read_text().strip() for t in tables]
+
+
+def splice(path: str | Path, blocks: list[str], name: str = "results") -> str:
+    """Replace the text between the ``name`` markers (:func:`markers`) in ``path`` by ``blocks``
+    (markdown; a level-1 heading becomes level 3). Returns the new text and writes it."""
+    path = Path(path)
+    begin, end = markers(name)
+    text = path.read_text()
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise ValueError(f"{path}: expected one {begin!r} and one {end!r} marker")
+    parts = ["\n".join("##" + line if line.startswith("# ") else line for line in b.splitlines())
+             for b in blocks]
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    new = head + begin + "\n" + "\n\n".join(parts) + "\n" + end + tail
+    path.write_text(new)
     return new
 
 
-if __name__ == "__main__":  # python -m bmglib.report README.md figures/quick/results_table.md ...
-    import sys
+def splice_readme(readme: str | Path, tables: list[str | Path]) -> str:
+    """Splice the generated table files (written by notebooks 05 and 06, each with its commit and
+    date) between the ``results`` markers of ``readme``. Missing files are named in the error."""
+    return splice(readme, _read_tables(tables), "results")
 
-    splice_readme(sys.argv[1], sys.argv[2:])
-    print(f"{sys.argv[1]}: spliced {len(sys.argv) - 2} tables")
+
+def select_columns(table_md: str, columns: tuple[str, ...] = HEADLINE_COLUMNS) -> str:
+    """A generated markdown table file (title, stamp line, one pipe table, notes) with only
+    ``columns`` of its pipe table kept, in that order; the title becomes its stamp line's prefix.
+    A missing column is named in the error."""
+    lines = table_md.strip().splitlines()
+    rows = [i for i, line in enumerate(lines) if line.startswith("|")]
+    if not rows:
+        raise ValueError("no markdown table found")
+    cells = [[c.strip() for c in lines[i].strip().strip("|").split("|")] for i in rows]
+    head = cells[0]
+    missing = [c for c in columns if c not in head]
+    if missing:
+        raise KeyError(f"columns {missing} not in the table (it has {head})")
+    idx = [head.index(c) for c in columns]
+    out = ["| " + " | ".join(r[i] for i in idx) + " |" if n != 1 else "|" + "---|" * len(idx)
+           for n, r in enumerate(cells)]
+    title = next((line[2:] for line in lines if line.startswith("# ")), "")
+    stamp = next((line for line in lines[:rows[0]] if line and not line.startswith("#")), "")
+    return "\n".join([f"*{title}* · {stamp}" if title else stamp, "", *out])
+
+
+#: what ``make readme`` splices: (target file, marker name, table files under figures/<profile>/)
+SPLICES = (
+    ("README.md", "headline", ("results_table.md",)),
+    ("docs/results.md", "results", ("results_table.md", "ablation_table.md")),
+    ("docs/benchmark.md", "probe", ("probe_table.md",)),
+)
+
+
+def splice_all(profile: str = "quick", root: str | Path | None = None) -> list[str]:
+    """``make readme``: every block of :data:`SPLICES` from ``figures/<profile>/``; the README
+    headline keeps :data:`HEADLINE_COLUMNS` of the results table. Returns the files written."""
+    from bmglib import paths
+
+    root = Path(root) if root is not None else paths.REPO_ROOT
+    fig = root / "figures" / profile
+    done = []
+    for target, name, files in SPLICES:
+        blocks = _read_tables([fig / f for f in files])
+        if name == "headline":
+            blocks = [select_columns(b) for b in blocks]
+        splice(root / target, blocks, name)
+        done.append(f"{target} ({name})")
+    return done
+
+
+if __name__ == "__main__":  # python -m bmglib.report [--profile quick]
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m bmglib.report",
+                                 description="splice the generated tables into README.md and docs/")
+    ap.add_argument("--profile", default="quick")
+    for item in splice_all(ap.parse_args().profile):
+        print("spliced", item)

@@ -223,48 +223,50 @@ class ITAEstimator(torch.nn.Module):
         return soft_fst(x, self.temperature)
 
 
+#: width of the fairness loss's FST estimator CNN (the auditor, ``classifiers.AUDITOR_WIDTH``: 32)
+ESTIMATOR_WIDTH = 16
+
+
 def get_fst_estimator(kind: str, train_df, val_df, size: int, epochs: int = 6, seed: int = 0,
                       progress: bool = True):
     """The frozen estimator of the fairness loss: ``cnn`` (trained on the training split's FST
-    labels, cached under a key of its inputs) or ``ita`` (training-free).
+    labels, cached under a key of its inputs by ``bmglib.cache.cached_model``) or ``ita``
+    (training-free).
 
     Returns ``(estimator, report)``; report has ``val_accuracy`` and ``confusion`` (CNN only) and,
     for both, ``real_probs``: the estimator's mean output per FST on the real validation images
     (:func:`real_fst_probs`, also set as ``estimator.real_probs``; the calibrated target).
     """
-    import json
+    import functools
 
     import pandas as pd
-    from safetensors.torch import load_file, save_file
 
-    from bmglib import config, paths
+    from bmglib import cache, classifiers, config
     from bmglib.data.images import load_tensor
 
     if kind not in ("cnn", "ita"):
         raise ValueError(f"estimator must be 'cnn' or 'ita', got {kind!r}")
-    x_val, fst_val = None, torch.tensor(val_df["fitzpatrick_scale"].to_numpy())
+    fst_val = torch.tensor(val_df["fitzpatrick_scale"].to_numpy())
+    decoded = {}  # the validation images, when training decoded them already
+
+    def train():
+        x, decoded["val"] = load_tensor(train_df, size, progress), load_tensor(val_df, size, progress)
+        y = torch.tensor(train_df["fitzpatrick_scale"].to_numpy())
+        est, acc, conf = train_fst_estimator(x, y, decoded["val"], fst_val, epochs=epochs,
+                                             width=ESTIMATOR_WIDTH, seed=seed, progress=progress)
+        return est, {"kind": "cnn", "val_accuracy": acc, "n_val": len(val_df), "confusion": conf}
+
     if kind == "ita":
         model, report = ITAEstimator(), {"kind": "ita"}
     else:
-        key = config.cache_key(train=config.hash_table(train_df), val=config.hash_table(val_df), size=size,
-                               epochs=epochs, seed=seed, version=1)
-        cache = paths.cache_dir() / f"fst_estimator_{key}"
-        model = FSTEstimator()
-        if (cache / "model.safetensors").exists():
-            model.load_state_dict(load_file(cache / "model.safetensors"))
-            report = json.loads((cache / "report.json").read_text())
-            report["confusion"] = pd.DataFrame(report["confusion"]).rename(index=int, columns=int)
-        else:
-            x, x_val = load_tensor(train_df, size, progress), load_tensor(val_df, size, progress)
-            y = torch.tensor(train_df["fitzpatrick_scale"].to_numpy())
-            model, acc, conf = train_fst_estimator(x, y, x_val, fst_val, epochs=epochs, seed=seed, progress=progress)
-            cache.mkdir(parents=True, exist_ok=True)
-            save_file(model.state_dict(), cache / "model.safetensors")
-            report = {"kind": "cnn", "val_accuracy": acc, "n_val": len(val_df), "confusion": conf}
-            (cache / "report.json").write_text(json.dumps({**report, "confusion": conf.to_dict()}))
+        inputs = {"train": config.hash_table(train_df), "val": config.hash_table(val_df), "size": size,
+                  "epochs": epochs, "seed": seed, "width": ESTIMATOR_WIDTH}
+        res = cache.cached_model("fst_estimator", inputs, functools.partial(FSTEstimator, ESTIMATOR_WIDTH),
+                                 train, code=(*classifiers.TRAINING_CODE, train_fst_estimator,
+                                              evaluate_estimator))
+        model, report = res.model, dict(res.report)
     # the calibrated target: the estimator's mean output on the real validation images per FST
-    if x_val is None:
-        x_val = load_tensor(val_df, size, progress)
+    x_val = decoded["val"] if "val" in decoded else load_tensor(val_df, size, progress)
     model.real_probs = real_fst_probs(model.eval(), x_val, fst_val)
     report["real_probs"] = pd.DataFrame(model.real_probs.numpy(), index=range(1, 7), columns=range(1, 7))
     report["n_val_per_fst"] = {f: int((fst_val == f).sum()) for f in range(1, 7)}

@@ -1,10 +1,24 @@
-"""Shared fixtures: tiny generated datasets (made by the tests) and the real shared data."""
+"""Shared fixtures: tiny generated datasets (made by the tests) and the real shared data; the
+``gpu`` tier skipped, with its reason printed (``-ra``), where there is no CUDA device."""
 
 from __future__ import annotations
 
 import pytest
 
 from bmglib import paths
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip every ``gpu`` test when ``torch.cuda.is_available()`` is false."""
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return
+    import torch  # here, not at the top: only when gpu tests were collected
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="no CUDA device (torch.cuda.is_available() is False)")
+        for item in gpu:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -60,3 +61,97 @@ def test_from_dict_round_trips_and_fills_sections_it_predates():
     assert config.from_dict(old).sampling == config.SamplingConfig()
     with pytest.raises(config.ConfigError, match="diffusion.guidance"):
         config.from_dict({**raw, "diffusion": {**raw["diffusion"], "guidance": 0.5}})
+
+
+# --- one profile table for every section ------------------------------------------------------
+
+
+def test_one_profile_table_drives_every_section():
+    sections = {f.name for f in dataclasses.fields(config.Config)} - {"profile"}
+    keyed = {key.partition(".")[0] for table in config.PROFILES.values() for key in table}
+    assert {"downstream", "vae", "audit", "sampling"} <= keyed <= sections
+    defaults = config.to_dict(config.Config())
+    for profile, table in config.PROFILES.items():  # an entry equal to the default is a leftover
+        for key, value in table.items():
+            section, _, name = key.partition(".")
+            assert defaults[section][name] != value, f"{profile}: {key} = the default"
+    smoke = config.get_config("smoke")
+    assert (smoke.downstream.width, smoke.vae.width, smoke.data.n_images) == (8, 8, 400)
+
+
+# the resolved values of each profile as they were when downstream and vae had their own tables
+PINNED = {
+    "smoke": {"downstream.width": 8, "downstream.epochs": 2, "downstream.epoch_images": 128,
+              "downstream.batch_size": 32, "downstream.seeds": 2, "downstream.n_boot": 100,
+              "downstream.arch": "resnet18", "vae.width": 8, "vae.latent_dim": 8,
+              "vae.n_train": 200, "vae.epochs": 2, "vae.n_isic": 16, "vae.score_probes": 8,
+              "vae.sweep": (0.02, 0.10, 0.30), "audit.ita_per_fst": 40, "audit.isic_images": 30,
+              "sampling.grid_per_cell": 2, "diffusion.steps": 6},
+    "quick": {"downstream.width": 16, "downstream.epochs": 12, "downstream.epoch_images": 1024,
+              "downstream.lr": 2e-3, "downstream.seeds": 3, "downstream.n_boot": 1000,
+              "downstream.pos_fraction": 0.25, "vae.width": 16, "vae.n_train": 2000,
+              "vae.epochs": 18, "vae.n_boot": 1000, "audit.ita_per_fst": 150,
+              "audit.isic_images": 0, "sampling.grid_per_cell": 10, "sampling.budget": 600},
+    "paper": {"downstream.arch": "resnet50", "downstream.width": 64,
+              "downstream.small_stem": False, "downstream.image_size": 224,
+              "downstream.epochs": 30, "downstream.epoch_images": 0, "downstream.lr": 3e-4,
+              "downstream.seeds": 5, "downstream.n_boot": 2000, "vae.image_size": 128,
+              "vae.latent_dim": 128, "vae.n_train": 8000, "vae.epochs": 60,
+              "vae.laplace_fit": 4000, "vae.n_isic": 150, "audit.ita_per_fst": 150,
+              "sampling.grid_per_cell": 10, "diffusion.backbone": "sd"},
+}
+
+
+@pytest.mark.parametrize("profile", list(PINNED))
+def test_resolved_values_are_pinned(profile):
+    raw = config.to_dict(config.get_config(profile))
+    for key, value in PINNED[profile].items():
+        section, _, name = key.partition(".")
+        assert raw[section][name] == value and type(raw[section][name]) is type(value), key
+
+
+def test_strict_overrides_on_the_downstream_and_vae_sections():
+    cfg = config.get_config("smoke", {"downstream.lr": 1, "vae.sweep": [0.5, 1]})
+    assert cfg.downstream.lr == 1.0 and isinstance(cfg.downstream.lr, float)
+    assert cfg.vae.sweep == (0.5, 1.0) and isinstance(cfg.vae.sweep, tuple)
+    bad = {"downstream.widht": "downstream.widht", "vae.epoch": "vae.epoch",
+           "downstream.seeds": "expects int", "vae.beta": "expects float",
+           "downstream.small_stem": "expects bool", "vae.sweep": "vae.sweep"}
+    values = {"downstream.seeds": 2.0, "vae.beta": "0.1", "downstream.small_stem": 1,
+              "vae.sweep": 0.1}
+    for key, message in bad.items():
+        with pytest.raises(config.ConfigError, match=message):
+            config.get_config("smoke", {key: values.get(key, 1)})
+    with pytest.raises(config.ConfigError, match=r"vae.sweep\[1\]"):
+        config.get_config("smoke", {"vae.sweep": [0.1, "x"]})
+
+
+@pytest.mark.parametrize("key,value", [
+    ("downstream.arch", "vgg16"), ("downstream.threshold", "best"),
+    ("downstream.pos_fraction", 1.0), ("downstream.pos_fraction", 0.0),
+    ("vae.image_size", 24), ("vae.image_size", 4), ("vae.sweep", [0.1, 1.5]), ("vae.sweep", []),
+])
+def test_section_rules_run_after_overrides_and_name_the_key(key, value):
+    with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
+        config.get_config("quick", {key: value})
+    raw = config.to_dict(config.get_config("quick"))
+    section, _, name = key.partition(".")
+    with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):  # and on load
+        config.from_dict({**raw, section: {**raw[section], name: value}})
+
+
+@pytest.mark.parametrize("profile", list(config.PROFILES))
+def test_every_profile_round_trips_through_json(profile):
+    cfg = config.get_config(profile)
+    stored = json.loads(json.dumps(config.provenance(cfg, dataset_hash="abc", seed=0)))
+    assert stored["config"]["downstream"]["arch"] == cfg.downstream.arch
+    assert config.from_dict(stored["config"]) == cfg
+
+
+def test_a_stored_config_without_the_new_sections_loads_with_their_defaults():
+    raw = config.to_dict(config.get_config("smoke"))
+    old = {k: v for k, v in raw.items() if k not in ("downstream", "vae", "audit")}
+    old["sampling"] = {k: v for k, v in raw["sampling"].items() if k != "grid_per_cell"}
+    cfg = config.from_dict(old)
+    assert cfg.downstream == config.DownstreamConfig() and cfg.vae == config.VAEConfig()
+    assert cfg.audit == config.AuditConfig() and cfg.data == config.get_config("smoke").data

@@ -297,3 +297,12 @@ def test_cli_main(server, scenario, tmp_path, capsys):
     assert dl.main(["--out", str(out), "--csv", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "url" in err and str(bad) in err
+
+
+@pytest.mark.parametrize("data, problem", [(b"", "empty"), (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "NUL bytes")])
+def test_empty_or_binary_csv_names_the_file(tmp_path, data, problem):
+    csv = tmp_path / "f17k.csv"
+    csv.write_bytes(data)
+    with pytest.raises(SchemaError, match=problem) as err:
+        dl.download_fitzpatrick17k(csv, tmp_path / "out", **FAST)
+    assert str(err.value).startswith(f"{csv}: ")

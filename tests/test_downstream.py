@@ -6,12 +6,17 @@ import pytest
 import torch
 import torchvision
 
-from bmglib import config
+from bmglib import augment, config
 from bmglib import downstream as D
 from bmglib.data import images
 
 # a tiny ResNet-18 (first stage 4 channels) on 16 px images: a second or two per run on one core
-TINY = {"width": 4, "image_size": 16, "epochs": 3, "epoch_images": 64, "batch_size": 16, "seeds": 2}
+TINY = {"downstream.width": 4, "downstream.image_size": 16, "downstream.epochs": 3,
+        "downstream.epoch_images": 64, "downstream.batch_size": 16, "downstream.seeds": 2}
+
+
+def _cfg(overrides: dict | None = None) -> config.DownstreamConfig:
+    return config.get_config("quick", overrides).downstream
 
 
 def _table(n_cells: dict, prefix: str) -> pd.DataFrame:
@@ -67,10 +72,10 @@ def test_epoch_indices_hold_the_melanoma_share_and_cycle_without_replacement():
 
 def test_augment_moves_pixels_but_never_changes_colours():
     x = torch.rand(64, 3, 8, 8)
-    out = D.augment(x, torch.Generator().manual_seed(0))
+    out = augment.dihedral_per_image(x, torch.Generator().manual_seed(0))
     assert torch.equal(x.flatten(1).sort(1).values, out.flatten(1).sort(1).values)
-    poses = {tuple(o[0, 0, :2].tolist()) for o in D.augment(x[:1].expand(64, -1, -1, -1),
-                                                              torch.Generator().manual_seed(1))}
+    poses = {tuple(o[0, 0, :2].tolist()) for o in augment.dihedral_per_image(
+        x[:1].expand(64, -1, -1, -1), torch.Generator().manual_seed(1))}
     assert len(poses) == 8  # all flips × 90° rotations occur
 
 
@@ -88,30 +93,31 @@ def test_model_shapes_stem_and_width():
 def test_local_imagenet_weights_load_into_the_backbone(tmp_path):
     ref = torchvision.models.resnet18()  # stands in for ImageNet weights: random, 1000 classes
     torch.save(ref.state_dict(), tmp_path / "r18.pth")
-    cfg = D.downstream_config("quick", {"width": 64, "weights_path": str(tmp_path / "r18.pth")})
+    cfg = _cfg({"downstream.width": 64, "downstream.weights_path": str(tmp_path / "r18.pth")})
     model = D.build_model(cfg)
     assert torch.equal(model.net.layer3[1].conv2.weight, ref.layer3[1].conv2.weight)
     assert not torch.equal(model.net.conv1.weight[..., :3, :3], ref.conv1.weight[..., :3, :3])
     with pytest.raises(ValueError, match="width=64"):
-        D.build_model(D.downstream_config("quick", {"weights_path": str(tmp_path / "r18.pth")}))
+        D.build_model(_cfg({"downstream.weights_path": str(tmp_path / "r18.pth")}))
     torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "r50.pth")
     with pytest.raises(ValueError, match="not a torchvision resnet18"):
-        D.build_model(D.downstream_config("quick", {"width": 64,
-                                                    "weights_path": str(tmp_path / "r50.pth")}))
+        D.build_model(_cfg({"downstream.width": 64,
+                            "downstream.weights_path": str(tmp_path / "r50.pth")}))
     with pytest.raises(FileNotFoundError):
-        D.build_model(D.downstream_config("quick", {"width": 64, "weights_path": "/nonexistent"}))
+        D.build_model(_cfg({"downstream.width": 64, "downstream.weights_path": "/nonexistent"}))
 
 
 def test_config_profiles_are_strict():
-    assert D.downstream_config("quick").arch == "resnet18"
-    assert D.downstream_config("paper").arch == "resnet50"
-    assert D.downstream_config("quick", {"downstream.epochs": 3}).epochs == 3
+    assert config.get_config("quick").downstream.arch == "resnet18"
+    assert config.get_config("paper").downstream.arch == "resnet50"
+    assert _cfg({"downstream.epochs": 3}).epochs == 3
     with pytest.raises(config.ConfigError, match="unknown config key"):
-        D.downstream_config("quick", {"epoch": 3})
+        _cfg({"downstream.epoch": 3})
     with pytest.raises(config.ConfigError, match="expects int"):
-        D.downstream_config("quick", {"epochs": "3"})
+        _cfg({"downstream.epochs": "3"})
     with pytest.raises(config.ConfigError):
-        D.downstream_config("quick", {"pos_fraction": 1.0})
+        _cfg({"downstream.pos_fraction": 1.0})
+    assert set(D.ARCHS) == set(config.DOWNSTREAM_ARCHS)  # every configurable arch can be built
 
 
 def _tensors(seed=0, n=80):
@@ -126,9 +132,10 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_to_identical_weights(tmp_path):
     x, y = _tensors()
-    cfg = D.downstream_config("quick", TINY)
+    cfg = _cfg(TINY)
     full = D.fit(x, y, x[:40], y[:40], cfg, seed=5, ckpt_dir=tmp_path / "a", run_id="k",
                  progress=False)
 
@@ -155,7 +162,7 @@ def test_interrupted_training_resumes_to_identical_weights(tmp_path):
 
 def test_validation_auc_chooses_the_epoch():
     x, y = _tensors(1)
-    cfg = D.downstream_config("quick", {**TINY, "epochs": 4})
+    cfg = _cfg({**TINY, "downstream.epochs": 4})
     res = D.fit(x, y, x[::2], y[::2], cfg, seed=0, progress=False)
     h = res.history
     assert res.best_epoch == int(h["val_auc"].idxmax()) + 1 and h["best"].sum() == 1
@@ -195,7 +202,7 @@ def test_load_images_matches_load_tensor_and_decodes_once(tiny_synthetic, monkey
 
 def test_run_arm_predicts_the_test_split_and_caches(tiny_synthetic, tmp_path, monkeypatch):
     train, val, test = _splits(tiny_synthetic)
-    cfg = D.downstream_config("quick", TINY)
+    cfg = _cfg(TINY)
     r = D.run_arm("real", train, val, test, cfg, seed=0, out_dir=tmp_path / "run", progress=False)
     p = r.predictions
     assert len(p) == len(test) and list(p["md5hash"]) == list(test["md5hash"])
@@ -214,12 +221,13 @@ def test_run_arm_predicts_the_test_split_and_caches(tiny_synthetic, tmp_path, mo
         D.run_arm("real", train, val, test, cfg, 1, tmp_path / "run", False)
 
 
+@pytest.mark.slow
 def test_run_arms_and_evaluate_arms_end_to_end(tiny_synthetic, tmp_path, monkeypatch):
     train, val, test = _splits(tiny_synthetic)
     monkeypatch.setattr(D.paths, "cache_dir", lambda: tmp_path)
     synthetic = train.assign(md5hash=train["md5hash"] + "s")  # stand-ins for the generators' sets
     arms = D.build_arms(train.iloc[::2], {"standard": synthetic.iloc[:20], "bmg": synthetic.iloc[20:50]}, seed=0)
-    runs = D.run_arms(arms, val, test, D.downstream_config("quick", {**TINY, "epochs": 1}),
+    runs = D.run_arms(arms, val, test, _cfg({**TINY, "downstream.epochs": 1}),
                       progress=False)
     assert len(runs.runs) == 6 and runs.runs.groupby("arm")["n_synthetic"].first().to_dict() == {
         "real": 0, "real+bmg": 20, "real+standard": 20}

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bmglib import config, skintone
+from bmglib import classifiers, config, skintone
 from bmglib.data import synthetic
 from bmglib.diffusion import losses, train
 from bmglib.metrics import adherence
@@ -116,21 +116,21 @@ def test_model_identity_ignores_fairness_settings_only_when_the_loss_is_off():
 def test_fst_auditor_learns_skin_type_caches_and_names_a_missing_column(tiny_synthetic, monkeypatch, tmp_path):
     pool, test = tiny_synthetic
     monkeypatch.setenv("BMG_DATA_ROOT", str(tmp_path))
-    model, rep = adherence.get_fst_auditor(pool, test, 32, epochs=15, progress=False)
+    model, rep = classifiers.get_fst_auditor(pool, test, 32, epochs=15, progress=False)
     ceiling = rep["ceiling"]
     assert list(ceiling.index) == [1, 2, 3, 4, 5, 6, "overall"] and ceiling.loc["overall", "n"] == len(test)
     assert ceiling.loc["overall", "exact"] > 0.5  # 6 classes: chance 1/6
-    again, rep2 = adherence.get_fst_auditor(pool, test, 32, epochs=15, progress=False)  # from the cache
+    again, rep2 = classifiers.get_fst_auditor(pool, test, 32, epochs=15, progress=False)  # from the cache
     pd.testing.assert_frame_equal(rep2["ceiling"], ceiling, check_dtype=False)
     from bmglib.data.images import load_tensor
     x = load_tensor(test, 32, progress=False)
     assert (adherence.audit_fst(again, x) == adherence.audit_fst(model, x)).all()
     req = test["fitzpatrick_scale"].to_numpy()
-    both, audited = adherence.fst_adherence(req, req, x, pool, test, 32, progress=False)  # "ITA" = truth here
-    default, default_rep = adherence.get_fst_auditor(pool, test, 32, progress=False)  # what it used
+    default, default_rep = classifiers.get_fst_auditor(pool, test, 32, progress=False)
+    both, audited = adherence.fst_adherence(req, req, x, default, default_rep["ceiling"], test, 32)  # "ITA" = truth here
     assert (audited == adherence.audit_fst(default, x)).all()
     assert both[("ITA", "exact")].eq(1.0).all()
     assert both.loc["overall", ("auditor CNN", "exact")] == default_rep["ceiling"].loc["overall", "exact"]
     assert {"real_exact", "real_n"} <= set(both["auditor CNN"].columns)
     with pytest.raises(KeyError, match="test table has no 'fitzpatrick_scale'"):
-        adherence.get_fst_auditor(pool, test.drop(columns="fitzpatrick_scale"), 32, progress=False)
+        classifiers.get_fst_auditor(pool, test.drop(columns="fitzpatrick_scale"), 32, progress=False)

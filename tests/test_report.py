@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from bmglib import report  # noqa: E402
@@ -28,8 +29,27 @@ def _measures():
     }
 
 
+
+def _tidy():
+    """:func:`_measures` as the tidy table of ``bmglib.ablation.collect`` (one row per measure)."""
+    rows = []
+    for v, m in _measures().items():
+        rows += [{"variant": v, "measure": f"fid {g}", "value": m["fid"][g], "n": m["n_group"]} for g in m["fid"]]
+        rows.append({"variant": v, "measure": "fid_sd", "value": m["fid_sd"], "n": m["n_fst"]})
+        r, lo, hi = m["var_ratio"]
+        rows.append({"variant": v, "measure": "fid_var_ratio", "value": r, "ci_low": lo, "ci_high": hi,
+                     "n": m["n_fst"]})
+        for k in ("fst", "fst_v_vi", "fst_audit", "fst_audit_v_vi", "light", "lesion"):
+            if (d := m.get(k)) is not None:
+                rows.append({"variant": v, "measure": k, "value": d["share"], "ci_low": d["ci_low"],
+                             "ci_high": d["ci_high"], "n": d["n"], "note": d.get("over", "")})
+        for k in ("gap", "edfr"):
+            if (d := m.get(k)) is not None:
+                rows.append({"variant": v, "measure": k, **d, "n": 960})
+    return pd.DataFrame(rows).fillna({"note": ""})
+
 def test_ablation_table_states_every_n_and_interval():
-    t = report.ablation_table(_measures())
+    t = report.ablation_table(_tidy())
     assert list(t.index) == ["bmg", "no_fst_cond"]
     assert t.loc["bmg", "FID variance ÷ bmg"] == "1 (reference)"
     assert t.loc["no_fst_cond", "FID variance ÷ bmg"] == "2.50 [1.20, 5.00]"
@@ -43,7 +63,7 @@ def test_ablation_table_states_every_n_and_interval():
     assert t.loc["no_fst_cond", "downstream gap (acc I–III − IV–VI)"] == "—"
     assert t.loc["no_fst_cond", "claimed (seed paper)"] == report.CLAIMED_ABLATION["no_fst_cond"]
     assert "n=240 each" in t.loc["bmg", "FID I–III / IV–VI"]
-    fig = report.plot_ablation(_measures())
+    fig = report.plot_ablation(_tidy())
     assert len(fig.axes) == 5
 
 
@@ -66,3 +86,43 @@ def test_splice_readme_replaces_only_the_marked_block(tmp_path):
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="marker"):
         report.splice_readme(readme, [table])
+
+
+RESULTS_MD = """# Results · synthetic · quick
+
+commit abc · 2026-11-25 · resnet18 width 16, 3 seeds
+
+| arm | FID I-III | EDFR | gap (acc I–III − IV–VI) | n test (mel) I–III / IV–VI | seeds | claimed (seed paper) |
+|---|---|---|---|---|---|---|
+| real | — | 0.036 ± 0.019 [-0.008, 0.089] | -0.058 | 480 (120) / 480 (120) | 3 | gap 27% |
+"""
+
+
+def test_the_headline_keeps_the_named_columns_and_the_stamp():
+    out = report.select_columns(RESULTS_MD)
+    assert out.splitlines()[0] == "*Results · synthetic · quick* · commit abc · 2026-11-25 · resnet18 width 16, 3 seeds"
+    assert "| arm | EDFR | gap (acc I–III − IV–VI) | n test (mel) I–III / IV–VI | seeds | claimed (seed paper) |" in out
+    assert "| real | 0.036 ± 0.019 [-0.008, 0.089] | -0.058 | 480 (120) / 480 (120) | 3 | gap 27% |" in out
+    assert "FID" not in out
+    with pytest.raises(KeyError, match="accuracy I-III"):
+        report.select_columns(RESULTS_MD, ("arm", "accuracy I-III"))
+
+
+def test_make_readme_splices_every_block_from_the_profile_figures(tmp_path):
+    (tmp_path / "docs").mkdir()
+    fig = tmp_path / "figures" / "quick"
+    fig.mkdir(parents=True)
+    for target, name, _ in report.SPLICES:
+        begin, end = report.markers(name)
+        (tmp_path / target).write_text(f"text\n{begin}\nold\n{end}\nmore\n")
+    (fig / "results_table.md").write_text(RESULTS_MD)
+    (fig / "ablation_table.md").write_text("# Ablation\n\ncommit abc\n\n| variant |\n|---|\n| bmg |\n")
+    with pytest.raises(FileNotFoundError, match="probe_table.md"):
+        report.splice_all("quick", tmp_path)
+    (fig / "probe_table.md").write_text("# Bias probe\n\ncommit abc\n\n| seed |\n|---|\n| 0 |\n")
+    assert len(report.splice_all("quick", tmp_path)) == len(report.SPLICES)
+    readme = (tmp_path / "README.md").read_text()
+    assert "old" not in readme and "| real | 0.036" in readme and "FID" not in readme
+    results = (tmp_path / "docs" / "results.md").read_text()
+    assert "### Results · synthetic · quick" in results and "### Ablation" in results and "FID I-III" in results
+    assert "| 0 |" in (tmp_path / "docs" / "benchmark.md").read_text()

@@ -10,7 +10,7 @@ import torch
 
 from bmglib.config import get_config
 from bmglib.data import schema
-from bmglib.diffusion import balance, sample, train
+from bmglib.diffusion import balance, sample, schedule, train
 
 # FST × lesion counts of a small real training table
 REAL = {(1, "melanoma"): 40, (2, "melanoma"): 20, (5, "melanoma"): 3, (6, "melanoma"): 0,
@@ -107,7 +107,7 @@ def tiny_model():
     cfg = get_config("smoke")
     torch.manual_seed(0)
     model = train.build_model(cfg.diffusion).eval()
-    return model, train.model_scheduler(model, cfg.diffusion)
+    return model, schedule.model_scheduler(model, cfg.diffusion)
 
 
 def _plan() -> pd.DataFrame:
@@ -149,14 +149,15 @@ def test_sample_cached_reads_back_and_keys_on_every_argument(tiny_model, tmp_pat
     assert len(list(tmp_path.glob("samples_*.pt"))) == 5
 
 
+@pytest.mark.slow
 def test_the_scheduler_key_is_the_same_in_every_process():
     """A second `make paper` runs in new processes: a key that follows string-hash order (as
     diffusers' ``_use_default_values`` does) would miss the cache every time."""
     import subprocess
     import sys
 
-    code = ("from bmglib import config; from bmglib.diffusion import sample, train; "
-            "print(config.cache_key(s=sample.scheduler_config(train.make_scheduler(config.get_config('smoke').diffusion))))")
+    code = ("from bmglib import config; from bmglib.diffusion import sample, schedule; "
+            "print(config.cache_key(s=sample.scheduler_config(schedule.make_scheduler(config.get_config('smoke').diffusion))))")
     keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout.strip() for h in (1, 2, 3)}
     assert len(keys) == 1 and len(next(iter(keys))) == 16
@@ -196,15 +197,17 @@ def test_lesion_adherence_table_counts_hits_per_fst_and_lesion():
     assert pd.isna(t.loc[6, "nevus"]) and t.loc["overall", "all"] == 6 / 8
 
 
+@pytest.mark.slow
 def test_lesion_classifier_learns_lesions_from_real_images(tiny_synthetic):
+    from bmglib import classifiers
     from bmglib.data.images import LESION_INDEX, load_tensor
     from bmglib.metrics import adherence
 
     pool, test = tiny_synthetic
     x = load_tensor(pool, 32, progress=False)
     y = torch.tensor([LESION_INDEX[v] for v in pool["lesion"]])
-    model = adherence.train_lesion_classifier(x, y, epochs=30, batch_size=16, width=16,
-                                             progress=False)
+    model = classifiers.train_lesion_classifier(x, y, epochs=30, batch_size=16, width=16,
+                                               progress=False)
     pred = adherence.predict_lesion(model, load_tensor(test, 32, progress=False))
     truth = [LESION_INDEX[v] for v in test["lesion"]]
     acc = adherence.lesion_adherence_table(truth, pred, test["fitzpatrick_scale"])

@@ -212,3 +212,57 @@ def test_lesion_mapping_used_by_every_adapter():
     assert schema.lesion_type("becker nevus", "benign dermal") == "other"
     assert schema.lesion_type("seborrheic keratosis irritated", "") == "seborrheic_keratosis"
     assert schema.lesion_type("psoriasis", "inflammatory") == "other"
+
+
+# --- a file that is not a CSV table at all: every loader names it and says what is wrong ----------
+
+BAD_TABLES = {  # file name → (bytes, what the error says)
+    "empty.csv": (b"", r"empty \(no header row, 0 bytes\)"),
+    "blank.csv": (b"\n  \n", "empty"),
+    "photo.png": (None, "not a text file .*NUL bytes"),
+    "latin1.csv": ("md5hash,label\nnævus,x\n".encode("latin-1"), r"not UTF-8 text \(byte 0xe6"),
+    "quote.csv": (b'md5hash,label\n"a,b\n', "not a readable CSV"),
+}
+
+
+def _bad_table(tmp_path, name):
+    path = tmp_path / name
+    data, _ = BAD_TABLES[name]
+    if data is None:
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def _loaders(tmp_path):
+    """Every user-table loader, as ``f(path)``."""
+    (tmp_path / "imgs").mkdir(exist_ok=True)
+    cmap = {"fitzpatrick_scale": "fst", "label": "dx", "image_path": "file"}
+    return {
+        "fitzpatrick17k": sources.load_fitzpatrick17k,
+        "ddi": sources.load_ddi,
+        "pad_ufes_20": sources.load_pad_ufes_20,
+        "isic2017": lambda p: sources.load_isic(p, tmp_path / "imgs"),
+        "csv": lambda p: sources.load_source("csv", p, image_dir=tmp_path, column_map=cmap),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(BAD_TABLES))
+@pytest.mark.parametrize("loader", ["fitzpatrick17k", "ddi", "pad_ufes_20", "isic2017", "csv"])
+def test_unreadable_table_names_the_file_and_the_problem(tmp_path, loader, name):
+    path = _bad_table(tmp_path, name)
+    with pytest.raises(schema.SchemaError, match=BAD_TABLES[name][1]) as e:
+        _loaders(tmp_path)[loader](path)
+    assert str(e.value).startswith(f"{path}: ") and "expected a CSV table" in str(e.value)
+
+
+def test_read_table_missing_file_and_byte_order_mark(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"not found: .*nowhere\.csv"):
+        sources.load_fitzpatrick17k(tmp_path / "nowhere.csv")
+    path = tmp_path / "excel.csv"  # Excel's "CSV UTF-8" starts with a byte-order mark
+    path.write_bytes(("\ufeff" + ",".join(F17K_COLS) + "\na,1,melanoma,malignant melanoma,malignant\n")
+                     .encode())
+    assert list(sources.load_fitzpatrick17k(path).md5hash) == ["a"]
+    with pytest.raises(schema.SchemaError, match=r"^my table: missing column\(s\) \['url'\]"):
+        sources.read_table(path, ("md5hash", "url"), where="my table")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from bmglib import config, skintone
 from bmglib.data import synthetic
 from bmglib.data.images import load_tensor
-from bmglib.diffusion import losses, train
+from bmglib.diffusion import losses, schedule, train
 from bmglib.diffusion.model import build_unet
 
 
@@ -55,7 +55,7 @@ def test_fairness_loss_is_larger_when_skin_tones_disagree_with_the_request():
 
 def test_fairness_gradients_reach_the_unet():
     d = _cfg().diffusion
-    model, sched = build_unet(32, (16, 32, 32)), train.make_scheduler(d)
+    model, sched = build_unet(32, (16, 32, 32)), schedule.make_scheduler(d)
     x0 = _images([1, 6, 3, 5])
     t = torch.tensor([10, 50, 100, 200])
     x_t = sched.add_noise(x0, torch.randn_like(x0), t)
@@ -67,6 +67,29 @@ def test_fairness_gradients_reach_the_unet():
     assert grads and sum(g.abs().sum() for g in grads) > 0
 
 
+def test_training_losses_assemble_the_batch_loss_and_draw_in_a_fixed_order():
+    d = _cfg(**{"diffusion.lambda_kl": 5.0, "diffusion.lambda_ce": 0.5, "diffusion.t_fair": 999,
+                "diffusion.fair_balance": 0.0, "diffusion.fair_target": "requested"}).diffusion
+    torch.manual_seed(0)
+    model, sched = build_unet(32, (16, 32, 32)).eval(), schedule.make_scheduler(d)
+    x0, fst, lesion = _images([1, 6, 3, 5]), torch.tensor([1, 6, 3, 5]), torch.tensor([0, 1, 2, 3])
+    gen = torch.Generator().manual_seed(4)
+    off = losses.training_losses(model, sched, x0, fst, lesion, d, gen)  # no estimator: no fairness term
+    ref = torch.Generator().manual_seed(4)  # noise, timesteps, FST-token drop, lesion-token drop
+    torch.randn(x0.shape, generator=ref), torch.randint(0, d.num_train_timesteps, (4,), generator=ref)
+    torch.rand(4, generator=ref), torch.rand(4, generator=ref)
+    assert torch.equal(gen.get_state(), ref.get_state())
+    assert off.fair is None and off.loss is off.denoise
+    assert off.logs() == {"loss": off.loss.item(), "denoise": off.denoise.item(), "fair_kl": 0.0,
+                          "fair_ce": 0.0, "n_fair": 0, "fair_scale": 0.0}
+    on = losses.training_losses(model, sched, x0, fst, lesion, d, torch.Generator().manual_seed(4),
+                                estimator=skintone.ITAEstimator(), fair_factor=0.5)
+    assert on.fair is not None and on.fair.n > 0 and on.fair_scale == 0.5
+    assert torch.allclose(on.loss, on.denoise + 0.5 * (d.lambda_kl * on.fair.kl + d.lambda_ce * on.fair.ce))
+    assert torch.equal(on.denoise, off.denoise)  # the same draws: the same denoising loss
+
+
+@pytest.mark.slow
 def test_lambda_zero_switches_the_fairness_loss_off_exactly(tiny_synthetic, tmp_path):
     pool, _ = tiny_synthetic
     est = _ita(pool)
@@ -115,6 +138,7 @@ RUNNER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(tiny_synthetic, tmp_path):
     pool, _ = tiny_synthetic
     pool.to_csv(tmp_path / "pool.csv", index=False)
@@ -226,21 +250,21 @@ def test_stable_diffusion_backbone_trains_resumes_and_samples(tiny_synthetic, tm
 
 def test_lr_schedule():
     d = _cfg(**{"diffusion.steps": 100, "diffusion.warmup_steps": 10, "diffusion.lr_schedule": "cosine"}).diffusion
-    assert train.lr_factor(0, d) == pytest.approx(0.1) and train.lr_factor(10, d) == pytest.approx(1.0)
-    assert train.lr_factor(55, d) == pytest.approx(0.5) and train.lr_factor(100, d) == pytest.approx(0.0)
+    assert schedule.lr_factor(0, d) == pytest.approx(0.1) and schedule.lr_factor(10, d) == pytest.approx(1.0)
+    assert schedule.lr_factor(55, d) == pytest.approx(0.5) and schedule.lr_factor(100, d) == pytest.approx(0.0)
     const = _cfg(**{"diffusion.steps": 100, "diffusion.warmup_steps": 10}).diffusion
-    assert const.lr_schedule == "constant" and train.lr_factor(90, const) == 1.0
+    assert const.lr_schedule == "constant" and schedule.lr_factor(90, const) == 1.0
 
 
 def test_fair_factor_waits_then_ramps_and_rejects_bad_shares():
     d = config.get_config("smoke", {"diffusion.steps": 100, "diffusion.fair_start": 0.5,
                                     "diffusion.fair_ramp": 0.2}).diffusion
-    f = [train.fair_factor(s, d) for s in range(100)]
+    f = [schedule.fair_factor(s, d) for s in range(100)]
     assert f[:50] == [0.0] * 50 and f[50] == pytest.approx(0.05) and f[59] == pytest.approx(0.5)
     assert f[69:] == [1.0] * 31 and all(a <= b for a, b in zip(f[:-1], f[1:], strict=True))
-    assert train.fair_factor(0, config.get_config("smoke").diffusion) == 1.0  # default: on from step 1
+    assert schedule.fair_factor(0, config.get_config("smoke").diffusion) == 1.0  # default: on from step 1
     with pytest.raises(ValueError, match="fair_start"):
-        train.fair_factor(0, config.get_config("smoke", {"diffusion.fair_start": 1.5}).diffusion)
+        schedule.fair_factor(0, config.get_config("smoke", {"diffusion.fair_start": 1.5}).diffusion)
 
 
 def test_fst_distribution_of_unconditioned_samples():

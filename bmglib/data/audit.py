@@ -5,6 +5,8 @@ Every figure function returns its ``matplotlib`` Figure and, given ``save_to``, 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -129,6 +131,13 @@ def plot_probe(per_fst: pd.DataFrame, gap: dict, title: str, save_to=None):
            title=f"{title}\ngap I–III − IV–VI = {gap['gap']:+.3f} "
                  f"[{gap['ci_low']:+.3f}, {gap['ci_high']:+.3f}] (melanomas {gap['n_pos_a']} vs {gap['n_pos_b']})")
     return save(fig, save_to)
+
+
+def folder_ita(image_dir, n: int | None = None, size: int = 256) -> np.ndarray:
+    """ITA (degrees) of the first ``n`` (all: None) ``*.jpg`` images of a folder, sorted by name,
+    each read at ``size`` px: (n,) float."""
+    files = sorted(Path(image_dir).glob("*.jpg"))[:n]
+    return np.array([skintone.estimate_ita(images.load_image(f, size)) for f in files], dtype=float)
 
 
 def plot_ita_histogram(ita: np.ndarray, title: str, save_to=None):

@@ -39,7 +39,8 @@ from PIL import Image
 from requests.adapters import HTTPAdapter
 from tqdm.auto import tqdm
 
-from bmglib.data.schema import SchemaError, require_columns
+from bmglib.data.schema import SchemaError
+from bmglib.data.sources import read_table
 from bmglib.paths import raw_dir
 
 FITZPATRICK17K_CSV_URL = "https://raw.githubusercontent.com/mattgroh/fitzpatrick17k/main/fitzpatrick17k.csv"
@@ -212,8 +213,7 @@ def resolve_csv(csv_path_or_url: str | os.PathLike, out_dir: Path, session, opts
 
 def read_rows(csv_path: Path, where: str) -> pd.DataFrame:
     """The CSV's ``md5hash``/``url`` columns as stripped strings, checked (SchemaError on failure)."""
-    df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    require_columns(df, ("md5hash", "url"), where)
+    df = read_table(csv_path, ("md5hash", "url"), where)
     df = df[["md5hash", "url"]].apply(lambda s: s.str.strip())
     bad = ~df["md5hash"].str.fullmatch(_SAFE_NAME)
     if bad.any():

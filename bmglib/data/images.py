@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from bmglib.augment import flip_rot90_zoom
 from bmglib.data import schema
 
 REPORT_COLUMNS = ("row", "md5hash", "path", "reason")
@@ -136,7 +137,8 @@ class LesionDataset(torch.utils.data.Dataset):
         image_size: S, the square side in pixels.
         transform: optional callable on the (3, S, S) tensor after the built-in augmentation; it
             must keep the [-1, 1] range.
-        augment: random horizontal/vertical flips, 90° rotations and a mild centred zoom (≤ 10%).
+        augment: random horizontal/vertical flips, 90° rotations and a mild centred zoom (≤ 10%)
+            (:func:`bmglib.augment.flip_rot90_zoom`).
             No brightness, contrast or colour jitter, on purpose: they move the skin's ITA and so
             silently corrupt the FST label the model is conditioned on and evaluated by.
         cache: keep decoded (S, S, 3) uint8 images in memory — worth it for small images read many
@@ -170,25 +172,11 @@ class LesionDataset(torch.utils.data.Dataset):
                 self._mem[i] = img
         return img
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        """Flips, a 90° rotation and a centred zoom in [1, 1.1]: geometry only, colours untouched."""
-        if torch.rand(()) < 0.5:
-            x = x.flip(2)
-        if torch.rand(()) < 0.5:
-            x = x.flip(1)
-        x = torch.rot90(x, int(torch.randint(4, ())), dims=(1, 2))
-        crop = int(round(self.size / (1.0 + 0.1 * float(torch.rand(())))))
-        if crop < self.size:  # crop the centre and scale back: the lesion stays centred
-            o = (self.size - crop) // 2
-            x = torch.nn.functional.interpolate(x[None, :, o:o + crop, o:o + crop], size=self.size,
-                                                mode="bilinear", align_corners=False)[0]
-        return x.clamp(-1.0, 1.0)
-
     def __getitem__(self, i: int) -> dict:
         # .float() makes a new tensor, so a cached array is never modified in place
         x = torch.from_numpy(self._pixels(i)).permute(2, 0, 1).float().div(127.5).sub(1.0)
         if self.augment:
-            x = self._augment(x)
+            x = flip_rot90_zoom(x)
         if self.transform is not None:
             x = self.transform(x)
         lesion = self._lesion[i]

@@ -52,7 +52,7 @@ def run_bias_probe(meta: pd.DataFrame, cfg: config.ProbeConfig, progress: bool =
         key = config.cache_key(data=data_hash, probe=run_cfg, version=1)
         preds, history = _cached_run(meta, cfg, seed, key, progress, use_cache)
         y, yhat, group = _outcomes(preds)
-        gap = fairness.gap(y, yhat, group, "I-III", "IV-VI", n_boot=cfg.n_boot, seed=seed)
+        gap = fairness.gap(y, yhat, group, n_boot=cfg.n_boot, seed=seed)  # I–III − IV–VI
         rows.append({"seed": seed, "sensitivity_I-III": fairness.sensitivity(y[group == "I-III"], yhat[group == "I-III"]),
                      "sensitivity_IV-VI": fairness.sensitivity(y[group == "IV-VI"], yhat[group == "IV-VI"]),
                      **{k: gap[k] for k in ("gap", "ci_low", "ci_high")}, "best_epoch": int(history["best"].idxmax()) + 1})
@@ -101,3 +101,27 @@ def _train_and_predict(meta, cfg, seed, progress):
                           "p_melanoma": classifiers.predict_proba(res.model, x["test"])})
     history = pd.DataFrame(res.history).assign(best=lambda h: h["epoch"] == res.best_epoch)
     return preds, history
+
+
+def probe_markdown(result: ProbeResult, meta: pd.DataFrame, title: str) -> str:
+    """The bias probe as the markdown table ``make readme`` splices into docs/benchmark.md: one row
+    per training seed (sensitivity per group at p ≥ 0.5, the gap I–III − IV–VI with its
+    image-level bootstrap 95% CI), the training/test composition, and the commit and date."""
+    train, test = meta[meta["split"] == "train"], meta[meta["split"] == "test"]
+    mel = train[train["lesion"] == "melanoma"]
+    n_dark = int(mel["fitzpatrick_scale"].isin(schema.FST_GROUPS["IV-VI"]).sum())
+    test_mel = test[test["lesion"] == "melanoma"].groupby(
+        test["fitzpatrick_scale"].map(schema.fst_group)).size().to_dict()
+    s = result.seed_summary()
+    stamp = config.provenance()
+    lines = [f"# {title}", "",
+             f"commit {stamp['git_commit']} · {stamp['created_utc']} · training {len(train)} images "
+             f"({len(mel)} melanomas, {n_dark} on IV–VI) · test {len(test)} images "
+             f"({test_mel.get('I-III', 0)} / {test_mel.get('IV-VI', 0)} melanomas on I–III / IV–VI)", "",
+             "| training seed | sensitivity I–III | sensitivity IV–VI | gap I–III − IV–VI [95% CI] |",
+             "|---|---|---|---|"]
+    for _, r in result.over_seeds.iterrows():
+        lines.append(f"| {int(r['seed'])} | {r['sensitivity_I-III']:.3f} | {r['sensitivity_IV-VI']:.3f} | "
+                     f"{r['gap']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] |")
+    lines += ["", f"Gap over seeds {s['gap_mean']:+.3f} ± {s['gap_sd']:.3f} (SD, n={s['seeds']} seeds)."]
+    return "\n".join(lines) + "\n"

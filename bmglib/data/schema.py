@@ -19,6 +19,25 @@ Derived by :func:`finalize` (never hand-set by an adapter):
   DDI's ``skin_tone`` 56 → 5..6; unknown → -1..-1). DDI ranges are kept as ranges, never turned
   into invented single types.
 * ``fst_estimated`` — True when ``fitzpatrick_scale`` was estimated from pixels (ITA), not annotated.
+
+FST columns of a sample set's ``manifest.csv`` (:func:`bmglib.diffusion.sample.generate_to_disk`;
+its columns beyond the schema are ``sample.MANIFEST_EXTRA``): four ints in 1..6 (``requested_fst``
+also -1) and one flag. Which one to read depends on the question:
+
+=====================  ==============================================================================
+``fitzpatrick_scale``  the schema's FST: the FST the model was asked for; for a model not
+                       conditioned on FST, the ITA estimate (then ``fst_estimated`` is True)
+``plan_fst``           the quota-plan cell the image was drawn to fill (never -1), whether or not
+                       the model could be asked for it: group synthetic images by it (FID per FST,
+                       the reader study's design FST)
+``requested_fst``      the FST passed to the model: ``plan_fst``, or -1 when the model is not
+                       conditioned on FST (it got the lesion only); FST adherence compares it with
+                       ``estimated_fst``
+``estimated_fst``      the ITA estimate of the drawn image (:func:`bmglib.skintone.estimate_fst`),
+                       for every image, never -1
+``fst_estimated``      bool: True when ``fitzpatrick_scale`` is ``estimated_fst`` (``requested_fst``
+                       = -1), as for any estimated row of the schema
+=====================  ==============================================================================
 """
 
 from __future__ import annotations
@@ -30,6 +49,12 @@ FST_UNKNOWN = -1
 FST_ROMAN = {1: "I", 2: "II", 3: "III", 4: "IV", 5: "V", 6: "VI", FST_UNKNOWN: "?"}
 #: The light/dark grouping used for every group comparison.
 FST_GROUPS = {"I-III": (1, 2, 3), "IV-VI": (4, 5, 6)}
+#: The sign of every gap in every table and figure: gap = measure(I–III) − measure(IV–VI),
+#: light minus dark (``(a, b)`` of every gap function defaults to these). For a measure where
+#: higher is better (accuracy, sensitivity, AUC, SSIM) a gap > 0 means light skin does better;
+#: for an error (MSE, FNR) a gap > 0 means light skin does worse. EDFR = FNR(IV–VI) − FNR(I–III)
+#: is the sensitivity gap in this convention (sensitivity = 1 − FNR).
+GAP_GROUPS = ("I-III", "IV-VI")
 LESIONS = ("melanoma", "nevus", "seborrheic_keratosis", "other")
 SOURCES = ("synthetic", "fitzpatrick17k", "ddi", "pad_ufes_20", "isic2017", "csv")
 

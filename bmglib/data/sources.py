@@ -1,10 +1,11 @@
 """Source adapters: each real dataset's own table → the one schema (``bmglib.data.schema``).
 
-Every adapter reads its CSV as text (so ids such as ``001`` keep their zeros and a stray ``abc`` in
-a number column is reported, not silently coerced), checks the columns it needs (a missing one is
-named with the file), translates its codes to Fitzpatrick17k-vocabulary ``label`` /
-``nine_partition_label`` / ``three_partition_label`` strings, and ends in :func:`schema.finalize`,
-which validates FST values (naming CSV row numbers) and derives the lesion type by the one mapping.
+Every adapter reads its CSV with :func:`read_table`: as text (so ids such as ``001`` keep their
+zeros and a stray ``abc`` in a number column is reported, not silently coerced), with an error
+naming the file when it is empty, binary or not CSV, or lacks a column it needs. It translates
+its codes to Fitzpatrick17k-vocabulary ``label`` / ``nine_partition_label`` /
+``three_partition_label`` strings and ends in :func:`schema.finalize`, which validates FST values
+(naming CSV row numbers) and derives the lesion type by the one mapping.
 
 Default paths point into ``paths.SHARED_REAL`` (the read-only metadata tables and 150 ISIC images).
 """
@@ -33,13 +34,35 @@ DEFAULT_TABLES = {
 # --- shared helpers ---------------------------------------------------------------------------
 
 
-def _read_csv(path: str | Path, needed) -> pd.DataFrame:
-    """The CSV as strings ("" for blanks) with its RangeIndex, so index i is CSV row i + 2."""
+def read_table(path: str | Path, needed=(), where: str | None = None) -> pd.DataFrame:
+    """A user-supplied CSV as strings ("" for blanks) with its RangeIndex: index i is CSV row i + 2.
+
+    The one reader of every table a user hands the package (the source adapters here, the
+    downloader's metadata CSV). Each failure names the file (``where``, default the path) and says
+    what is wrong: :class:`FileNotFoundError` when there is no such file; :class:`schema.SchemaError`
+    when it is empty, is not UTF-8 text (an image, a spreadsheet, another encoding), does not parse
+    as CSV, or lacks a column of ``needed``. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped.
+    """
     path = Path(path)
+    where = where or str(path)
     if not path.is_file():
-        raise FileNotFoundError(f"metadata table not found: {path}")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    schema.require_columns(df, needed, str(path))
+        raise FileNotFoundError(f"metadata table not found: {where}")
+    expected = "expected a CSV table (UTF-8 text, a header row of column names, comma-separated)"
+    with open(path, "rb") as fh:
+        if b"\0" in fh.read(1 << 16):  # pandas would read NULs as text; no CSV contains them
+            raise schema.SchemaError(f"{where}: not a text file (it contains NUL bytes: an image, "
+                                     f"a spreadsheet or an archive?); {expected}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise schema.SchemaError(f"{where}: the file is empty (no header row, "
+                                 f"{path.stat().st_size} bytes); {expected}") from None
+    except UnicodeDecodeError as e:
+        raise schema.SchemaError(f"{where}: not UTF-8 text (byte 0x{e.object[e.start]:02x} cannot "
+                                 f"be decoded); {expected}: re-save it as CSV UTF-8") from None
+    except pd.errors.ParserError as e:
+        raise schema.SchemaError(f"{where}: not a readable CSV ({str(e).strip()}); {expected}") from None
+    schema.require_columns(df, needed, where)
     return df
 
 
@@ -83,7 +106,7 @@ def load_fitzpatrick17k(csv_path=None, image_dir=None) -> pd.DataFrame:
     ``fitzpatrick_centaur`` (the second FST annotation, int, -1 when blank), ``qc``, ``url``.
     """
     csv_path = Path(csv_path or paths.SHARED_REAL / DEFAULT_TABLES["fitzpatrick17k"])
-    df = _read_csv(csv_path, ("md5hash", "fitzpatrick_scale", "label", "nine_partition_label",
+    df = read_table(csv_path, ("md5hash", "fitzpatrick_scale", "label", "nine_partition_label",
                               "three_partition_label"))
     df["image_path"] = _image_paths(image_dir, [f"{h}.jpg" for h in df["md5hash"]])
     df["source"] = "fitzpatrick17k"
@@ -142,7 +165,7 @@ def load_ddi(csv_path=None, image_dir=None) -> pd.DataFrame:
     partitions by :func:`ddi_partitions`. Images: ``<image_dir>/<DDI_file>``.
     """
     csv_path = Path(csv_path or paths.SHARED_REAL / DEFAULT_TABLES["ddi"])
-    df = _read_csv(csv_path, ("DDI_ID", "DDI_file", "skin_tone", "malignant", "disease"))
+    df = read_table(csv_path, ("DDI_ID", "DDI_file", "skin_tone", "malignant", "disease"))
     tone = df["skin_tone"].str.strip().str.replace(r"\.0$", "", regex=True)
     _bad_rows(csv_path, "skin_tone", ~tone.isin(list(DDI_FST_RANGES)), df["skin_tone"], "12, 34 or 56")
     malignant = _flags(df, "malignant", csv_path)
@@ -184,7 +207,7 @@ def load_pad_ufes_20(csv_path=None, image_dir=None) -> pd.DataFrame:
     code is an error naming its rows.
     """
     csv_path = Path(csv_path or paths.SHARED_REAL / DEFAULT_TABLES["pad_ufes_20"])
-    df = _read_csv(csv_path, ("patient_id", "lesion_id", "fitspatrick", "diagnostic", "img_id"))
+    df = read_table(csv_path, ("patient_id", "lesion_id", "fitspatrick", "diagnostic", "img_id"))
     code = df["diagnostic"].str.strip().str.upper()
     _bad_rows(csv_path, "diagnostic", ~code.isin(list(PAD_DIAGNOSES)), df["diagnostic"],
               f"one of {sorted(PAD_DIAGNOSES)}")
@@ -250,7 +273,7 @@ def load_isic(labels_csv=None, image_dir=None, estimate_fst: bool = False) -> pd
     image_dir = Path(image_dir or labels_csv.parent / "images").resolve()
     if not image_dir.is_dir():
         raise FileNotFoundError(f"ISIC image folder not found: {image_dir}")
-    df = _read_csv(labels_csv, ("image_id", "melanoma", "seborrheic_keratosis"))
+    df = read_table(labels_csv, ("image_id", "melanoma", "seborrheic_keratosis"))
     mel = _flags(df, "melanoma", labels_csv)
     sk = _flags(df, "seborrheic_keratosis", labels_csv)
     _bad_rows(labels_csv, "melanoma", mel & sk, df["image_id"], "exclusive of seborrheic_keratosis")
@@ -293,7 +316,7 @@ def load_csv_folder(csv_path, image_dir, column_map: dict[str, str], source: str
     if missing:
         raise schema.SchemaError(f"column_map for {csv_path} must map {missing} to your columns; "
                                  f"got {column_map}")
-    raw = _read_csv(csv_path, list(column_map.values()))
+    raw = read_table(csv_path, list(column_map.values()))
     out = pd.DataFrame({k: raw[v] for k, v in column_map.items()})
     if "md5hash" not in out:
         out["md5hash"] = out["image_path"].map(lambda s: Path(s).stem)

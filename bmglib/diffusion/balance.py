@@ -135,6 +135,13 @@ def expected_cell_distribution(df: pd.DataFrame, alpha: float,
     return pd.Series(mass / mass.sum(), index=counts.index, name="share")
 
 
+def draw_shares(df: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """:func:`expected_cell_distribution` of the natural mix (α = 0) and of ``alpha`` side by
+    side: one row per FST × lesion cell, columns ``natural`` and ``alpha=<alpha>``."""
+    return pd.concat({"natural": expected_cell_distribution(df, 0.0),
+                      f"alpha={alpha}": expected_cell_distribution(df, alpha)}, axis=1)
+
+
 def _rank_within(draws: np.ndarray) -> np.ndarray:
     """For each position, how many earlier positions hold the same value (0, 1, 2, ...)."""
     order = np.argsort(draws, kind="stable")

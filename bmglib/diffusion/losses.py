@@ -1,4 +1,8 @@
-"""Losses of the conditional diffusion model: the denoising loss and the fairness loss.
+"""Losses of the conditional diffusion model: the denoising loss and the fairness loss, and
+:func:`training_losses`, which assembles them for one batch (noise, timesteps, label drop, the
+noised input, the denoising target, the fairness terms and their gradient balancing) as
+improved-diffusion's ``GaussianDiffusion.training_losses`` does; the training loop
+(``bmglib.diffusion.train``) only batches, steps and checkpoints.
 
 Fairness loss (DESIGN.md, "The fairness components, precisely"): for the samples of a batch at
 low noise (t ≤ ``t_fair``), predict the clean image x̂0 from the model output, score it with a
@@ -23,10 +27,13 @@ loss does").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from diffusers import DDPMScheduler
+
+from bmglib import config
 
 
 def denoising_loss(pred: torch.Tensor, target: torch.Tensor,
@@ -134,3 +141,69 @@ def balance_scale(denoise: torch.Tensor, fair: torch.Tensor, out: torch.Tensor, 
     if g_fair is None or not torch.isfinite(g_fair).all() or g_fair.norm() == 0:
         return torch.zeros((), device=out.device)
     return (ratio * g_den.norm() / g_fair.norm()).detach()
+
+
+@dataclass
+class TrainingLosses:
+    loss: torch.Tensor  # scalar: what is back-propagated
+    denoise: torch.Tensor  # scalar: the denoising part
+    fair: FairnessTerms | None  # None when the fairness loss is off for this step
+    fair_scale: float  # fair_factor × the balancing scale (0 without fairness terms)
+
+    def logs(self) -> dict[str, float]:
+        """The logged parts: loss, denoise, fair_kl, fair_ce, n_fair, fair_scale."""
+        f = self.fair
+        return {"loss": self.loss.item(), "denoise": self.denoise.item(),
+                "fair_kl": f.kl.item() if f else 0.0, "fair_ce": f.ce.item() if f else 0.0,
+                "n_fair": f.n if f else 0, "fair_scale": self.fair_scale}
+
+
+def training_losses(model: torch.nn.Module, scheduler: DDPMScheduler, x0: torch.Tensor,
+                    fst: torch.Tensor, lesion: torch.Tensor, d: config.DiffusionConfig,
+                    generator: torch.Generator, *, estimator: torch.nn.Module | None = None,
+                    fair_factor: float = 1.0, encode: Callable | None = None,
+                    decode: Callable | None = None) -> TrainingLosses:
+    """The loss of one batch and its logged parts.
+
+    ``x0``: (B, 3, H, W) in [-1, 1], augmented, on the model's device; ``fst`` (B,) 1..6 and
+    ``lesion`` (B,) indices, on the CPU. ``encode``/``decode``: pixels → latents → pixels for a
+    latent model (Stable Diffusion; ``None`` for the pixel UNet). ``fair_factor``: the fairness
+    ramp of this step (:func:`bmglib.diffusion.schedule.fair_factor`).
+
+    Draws from ``generator``, in this order (a resumed run repeats it): the latent sample (with
+    ``encode``), noise, timesteps, the FST-token drop, the lesion-token drop. A sample whose FST
+    token was dropped (or a model without FST conditioning) was not asked for a skin type and
+    gets no per-sample fairness term.
+    """
+    device = x0.device
+    if encode is not None:
+        with torch.no_grad():
+            x0 = encode(x0, generator=generator)
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    t = torch.randint(0, d.num_train_timesteps, (len(x0),), generator=generator).to(device)
+    drop_f = torch.rand(len(x0), generator=generator) < d.p_drop
+    drop_l = torch.rand(len(x0), generator=generator) < d.p_drop
+    if not d.fst_cond:
+        drop_f = torch.ones_like(drop_f)  # FST never seen: always the null token
+    x_t = scheduler.add_noise(x0, noise, t)
+    out = model(x_t, t, fst.to(device), lesion.to(device), drop_f, drop_l)
+    weight = foreground_weight(x0, d.fg_weight) if d.fg_weight > 0 and encode is None else None
+    den = denoising_loss(out, training_target(scheduler, x0, noise, t), weight)
+    fst_req = torch.where(drop_f, torch.zeros_like(fst), fst).to(device)
+    fair = _fair_terms(out, x_t, t, fst_req, d, scheduler, estimator, decode, fair_factor)
+    if fair is None:
+        return TrainingLosses(den, den, None, 0.0)
+    fair_loss = d.lambda_kl * fair.kl + d.lambda_ce * fair.ce
+    scale = balance_scale(den, fair_loss, out, d.fair_balance) if d.fair_balance > 0 else torch.ones(())
+    return TrainingLosses(den + fair_factor * scale * fair_loss, den, fair, fair_factor * scale.item())
+
+
+def _fair_terms(model_out, x_t, t, fst_req, d, scheduler, estimator, decode, factor) -> FairnessTerms | None:
+    """:func:`fairness_terms` on x̂0 of this batch, or None when the loss is off for the step."""
+    if estimator is None or (d.lambda_kl == 0 and d.lambda_ce == 0) or factor == 0:
+        return None
+    x0_hat = predict_x0(scheduler, x_t, t, model_out)
+    if decode is not None:  # latents → pixels for the estimator (only the low-noise samples matter)
+        x0_hat = decode(x0_hat)
+    target_probs = estimator.real_probs if d.fair_target == "calibrated" else None
+    return fairness_terms(x0_hat, t, estimator, d.t_fair, fst_req if d.fst_cond else None, target_probs)

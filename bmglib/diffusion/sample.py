@@ -34,12 +34,13 @@ def sample(model: torch.nn.Module, train_scheduler, fst: torch.Tensor | None, le
            n: int | None = None, size: int = 32, steps: int = 25, guidance: float = 0.5,
            sampler: str = "ddim", seed: int = 0, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
     """Draw images for requested labels. ``fst`` (B,) in 1..6 or None (not conditioned),
-    ``lesion`` (B,) index into ``schema.LESIONS`` or None. Returns (B, 3, size, size) in [-1, 1]."""
+    ``lesion`` (B,) index into ``schema.LESIONS`` or None. Returns (B, 3, size, size) in [-1, 1],
+    on the CPU whatever the model's device."""
     if hasattr(model, "decode_latents"):  # Stable Diffusion: sample in latent space, decode
         from bmglib.diffusion.model_sd import sample_sd
 
         return sample_sd(model, fst, lesion, n=n, steps=steps, guidance=guidance,
-                         generator=torch.Generator().manual_seed(seed))
+                         generator=torch.Generator().manual_seed(seed)).cpu()
     ref = fst if fst is not None else lesion
     total = len(ref) if ref is not None else n
     if total is None:
@@ -70,7 +71,9 @@ def sample(model: torch.nn.Module, train_scheduler, fst: torch.Tensor | None, le
 # --- sample sets on disk -----------------------------------------------------------------------
 
 MANIFEST_VERSION = 2  # bump when the manifest's columns change: existing sample sets are redrawn
-#: columns of ``manifest.csv`` beyond the metadata schema's
+#: columns of ``manifest.csv`` beyond the metadata schema's; its five FST columns
+#: (``fitzpatrick_scale``, ``plan_fst``, ``requested_fst``, ``estimated_fst``, ``fst_estimated``)
+#: are documented in one place, the docstring of :mod:`bmglib.data.schema`
 MANIFEST_EXTRA = ("lesion", "source", "variant", "sample_index", "plan_fst", "requested_fst", "estimated_fst",
                   "fst_estimated", "seed", "sampler", "steps", "guidance")
 
@@ -100,6 +103,14 @@ def sample_cached(model: torch.nn.Module, train_scheduler, fst: torch.Tensor | N
     torch.save(x, tmp)
     tmp.replace(path)
     return x
+
+
+def grid_requests(per_cell: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_cell`` requests for every FST × lesion cell, FST-major: (fst (N,) in 1..6, lesion (N,)
+    index into ``schema.LESIONS``), N = 6 · 4 · per_cell (02's sample grid)."""
+    n_fst, n_lesion = len(schema.FST_LEVELS), len(schema.LESIONS)
+    fst = torch.arange(1, n_fst + 1).repeat_interleave(n_lesion * per_cell)
+    return fst, torch.arange(n_lesion).repeat(n_fst * per_cell)
 
 
 def sample_jobs(plan: pd.DataFrame, fst_cond: bool) -> pd.DataFrame:

@@ -11,7 +11,10 @@
 * A non-finite loss stops the run, naming the step and the last good checkpoint (kept).
 
 Batches come from :class:`bmglib.diffusion.balance.CellBalancedSampler` (distribution-aware resampling,
-``alpha``); the fairness loss (``bmglib.diffusion.losses``) uses a frozen FST estimator given as argument.
+``alpha``). The noise, learning-rate and fairness-ramp schedules are ``bmglib.diffusion.schedule``;
+the loss of a batch (noise, timesteps, label drop, denoising target, fairness terms with a frozen
+FST estimator given as argument, gradient balancing) is ``bmglib.diffusion.losses.training_losses``;
+this loop only batches, back-propagates, clips, steps and checkpoints.
 """
 
 from __future__ import annotations
@@ -27,25 +30,18 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
-from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from bmglib import config
+from bmglib import augment, config
 from bmglib.data.images import LESION_INDEX, load_image
-from bmglib.diffusion import losses
+from bmglib.diffusion import losses, schedule
 from bmglib.diffusion.balance import CellBalancedSampler
 from bmglib.diffusion.model import build_unet
 
 Callback = Callable[[int, dict], None]
 LOG_COLUMNS = ["step", "loss", "denoise", "fair_kl", "fair_ce", "n_fair", "fair_scale", "lr", "seconds"]
-
-
-def make_scheduler(d: config.DiffusionConfig) -> DDPMScheduler:
-    """The noise schedule (cosine) and parameterisation shared by training and sampling."""
-    return DDPMScheduler(num_train_timesteps=d.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
-                         prediction_type=d.prediction_type, clip_sample=False)
 
 
 def build_model(d: config.DiffusionConfig) -> torch.nn.Module:
@@ -61,41 +57,6 @@ def build_model(d: config.DiffusionConfig) -> torch.nn.Module:
         return model_sd.build_sd(d.sd_path, mode=d.sd_mode, trainable=d.sd_trainable,
                                  lora_rank=d.lora_rank, cond_dim=d.cond_dim)
     raise ValueError(f"diffusion.backbone must be 'unet' or 'sd', got {d.backbone!r}")
-
-
-def lr_factor(step: int, d: config.DiffusionConfig) -> float:
-    """Linear warm-up, then constant or a cosine decay to zero at ``d.steps``."""
-    if step < d.warmup_steps:
-        return (step + 1) / d.warmup_steps
-    if d.lr_schedule == "constant":
-        return 1.0
-    if d.lr_schedule == "cosine":
-        progress = (step - d.warmup_steps) / max(1, d.steps - d.warmup_steps)
-        return 0.5 * (1 + np.cos(np.pi * min(1.0, progress)))
-    raise ValueError(f"diffusion.lr_schedule must be 'cosine' or 'constant', got {d.lr_schedule!r}")
-
-
-def fair_factor(step: int, d: config.DiffusionConfig) -> float:
-    """Multiplier of the fairness λs at 0-based ``step``: 0 for the first ``fair_start`` share of
-    the steps, then a linear rise to 1 over the next ``fair_ramp`` share.
-
-    Early in training x̂0 is noise and the estimator's verdict on it means little, so the loss can
-    be held back. On `quick` this did not help: the loss, started half-way, still drowned the
-    denoising gradient; its scale was the problem, which :func:`bmglib.diffusion.losses.balance_scale`
-    (``fair_balance``) addresses.
-    """
-    for name in ("fair_start", "fair_ramp"):
-        if not 0.0 <= getattr(d, name) <= 1.0:
-            raise ValueError(f"diffusion.{name} must be a share of the steps in [0, 1], got {getattr(d, name)}")
-    start, ramp = d.fair_start * d.steps, d.fair_ramp * d.steps
-    if step < start:
-        return 0.0
-    return 1.0 if ramp <= 0 else min(1.0, (step - start + 1) / ramp)
-
-
-def model_scheduler(model: torch.nn.Module, d: config.DiffusionConfig) -> DDPMScheduler:
-    """Stable Diffusion keeps its checkpoint's schedule; the CPU UNet uses :func:`make_scheduler`."""
-    return getattr(model, "scheduler", None) or make_scheduler(d)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -151,17 +112,6 @@ class BatchStream:
         self.epoch, self.pos, self._order = s["epoch"], s["pos"], None
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Per-sample horizontal/vertical flips and a per-batch 90° rotation (no colour changes:
-    they would move the skin's ITA and so the FST label)."""
-    b = len(x)
-    h = torch.rand(b, generator=gen) < 0.5
-    v = torch.rand(b, generator=gen) < 0.5
-    x = torch.where(h.view(-1, 1, 1, 1), x.flip(3), x)
-    x = torch.where(v.view(-1, 1, 1, 1), x.flip(2), x)
-    return torch.rot90(x, int(torch.randint(4, (1,), generator=gen)), dims=(2, 3))
-
-
 @dataclass
 class TrainRun:
     model: torch.nn.Module  # EMA weights, eval mode
@@ -189,16 +139,6 @@ def _save_checkpoint(out_dir, step, model, ema, opt, sched, gen, stream, log_row
     return ck
 
 
-def _fair_terms(model_out, x_t, t, fst_req, d, sched, estimator, decode=None, factor=1.0):
-    if estimator is None or (d.lambda_kl == 0 and d.lambda_ce == 0) or factor == 0:
-        return None
-    x0_hat = losses.predict_x0(sched, x_t, t, model_out)
-    if decode is not None:  # latents → pixels for the estimator (only the low-noise samples matter)
-        x0_hat = decode(x0_hat)
-    target_probs = estimator.real_probs if d.fair_target == "calibrated" else None
-    return losses.fairness_terms(x0_hat, t, estimator, d.t_fair, fst_req if d.fst_cond else None, target_probs)
-
-
 def train_diffusion(cfg: config.Config, train_df: pd.DataFrame, out_dir: str | Path,
                     estimator: torch.nn.Module | None = None, callbacks: tuple[Callback, ...] = (),
                     progress: bool = True, resume: bool = True) -> TrainRun:
@@ -221,10 +161,10 @@ def train_diffusion(cfg: config.Config, train_df: pd.DataFrame, out_dir: str | P
     accel = Accelerator(gradient_accumulation_steps=d.grad_accum,
                         mixed_precision=d.mixed_precision if torch.cuda.is_available() else "no")
     model = build_model(d)
-    sched = model_scheduler(model, d)
+    sched = schedule.model_scheduler(model, d)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=d.lr, weight_decay=1e-4)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, d))
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: schedule.lr_factor(s, d))
     ema = EMAModel(params, decay=d.ema_decay)
     gen = torch.Generator().manual_seed(d.seed)
     stream = BatchStream(train_df, d, progress)
@@ -245,7 +185,7 @@ def train_diffusion(cfg: config.Config, train_df: pd.DataFrame, out_dir: str | P
     for step in bar:
         t0 = time.perf_counter()
         logs = _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator,
-                           fair_factor(step, d))
+                           schedule.fair_factor(step, d))
         if not np.isfinite(logs["loss"]):
             raise FloatingPointError(f"loss is {logs['loss']} at step {step + 1}: training stopped; "
                                      f"last good checkpoint: {last_ck or 'none (no checkpoint yet)'}")
@@ -265,49 +205,26 @@ def train_diffusion(cfg: config.Config, train_df: pd.DataFrame, out_dir: str | P
 
 
 def _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator, factor=1.0) -> dict:
+    """One optimiser step over ``d.grad_accum`` micro-batches; returns their mean logged losses."""
     sums = {"loss": 0.0, "denoise": 0.0, "fair_kl": 0.0, "fair_ce": 0.0, "n_fair": 0, "fair_scale": 0.0}
+    net = accel.unwrap_model(model)
+    latent = hasattr(net, "encode_images")  # Stable Diffusion denoises VAE latents
     for _ in range(d.grad_accum):
         imgs, fst, lesion = stream.next()
-        x0 = augment(imgs.float() / 127.5 - 1.0, gen).to(accel.device)
-        latent = hasattr(accel.unwrap_model(model), "encode_images")
-        if latent:  # Stable Diffusion denoises VAE latents
-            with torch.no_grad():
-                x0 = accel.unwrap_model(model).encode_images(x0, generator=gen)
-        noise = torch.randn(x0.shape, generator=gen).to(accel.device)
-        t = torch.randint(0, d.num_train_timesteps, (len(x0),), generator=gen).to(accel.device)
-        drop_f = torch.rand(len(x0), generator=gen) < d.p_drop
-        drop_l = torch.rand(len(x0), generator=gen) < d.p_drop
-        if not d.fst_cond:
-            drop_f = torch.ones_like(drop_f)  # FST never seen: always the null token
-        x_t = sched.add_noise(x0, noise, t)
+        x0 = augment.flips_per_image_rot90_per_batch(imgs.float() / 127.5 - 1.0, gen).to(accel.device)
         with accel.accumulate(model):
-            out = model(x_t, t, fst.to(accel.device), lesion.to(accel.device), drop_f, drop_l)
-            weight = losses.foreground_weight(x0, d.fg_weight) if d.fg_weight > 0 and not latent else None
-            den = losses.denoising_loss(out, losses.training_target(sched, x0, noise, t), weight)
-            decode = accel.unwrap_model(model).decode_latents if latent else None
-            # a sample whose FST token was dropped was not asked for a skin type: no fairness term
-            fst_req = torch.where(drop_f, torch.zeros_like(fst), fst).to(accel.device)
-            fair = _fair_terms(out, x_t, t, fst_req, d, sched, estimator, decode, factor)
-            scale = torch.ones(())
-            if fair is not None:
-                fair_loss = d.lambda_kl * fair.kl + d.lambda_ce * fair.ce
-                if d.fair_balance > 0:
-                    scale = losses.balance_scale(den, fair_loss, out, d.fair_balance)
-            loss = den if fair is None else den + factor * scale * fair_loss
-            accel.backward(loss)
+            terms = losses.training_losses(model, sched, x0, fst, lesion, d, gen, estimator=estimator,
+                                           fair_factor=factor, encode=net.encode_images if latent else None,
+                                           decode=net.decode_latents if latent else None)
+            accel.backward(terms.loss)
             if accel.sync_gradients:
                 accel.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()  # accelerate skips it until the last micro-batch of the accumulation
             if accel.sync_gradients:
                 lr_sched.step()
             opt.zero_grad()
-        sums["loss"] += loss.item() / d.grad_accum
-        sums["denoise"] += den.item() / d.grad_accum
-        if fair is not None:
-            sums["fair_kl"] += fair.kl.item() / d.grad_accum
-            sums["fair_ce"] += fair.ce.item() / d.grad_accum
-            sums["n_fair"] += fair.n
-            sums["fair_scale"] += factor * scale.item() / d.grad_accum
+        for k, v in terms.logs().items():
+            sums[k] += v if k == "n_fair" else v / d.grad_accum
     return sums
 
 

@@ -2,11 +2,12 @@
 
 FST is scored two ways, never with the network the fairness loss was trained against (that one
 is optimised to be fooled): with the ITA estimator (``bmglib.skintone``; a colour statistic) and
-with an independently trained CNN, the *auditor* (:func:`get_fst_auditor`; wider, another seed,
-class-balanced). The two can disagree: a generator pushed towards one CNN's notion of a skin type
-may move its colour past the ITA threshold (README, "What the fairness loss does"). Lesion type is
-scored with a small CNN trained on the real training split (:func:`get_lesion_classifier`); no
-generator is trained against it.
+with an independently trained CNN, the *auditor* (:func:`bmglib.classifiers.get_fst_auditor`;
+wider, another seed, class-balanced). The two can disagree: a generator pushed towards one CNN's
+notion of a skin type may move its colour past the ITA threshold (README, "What the fairness loss
+does"). Lesion type is scored with a small CNN trained on the real training split
+(:func:`bmglib.classifiers.get_lesion_classifier`); no generator is trained against it. This
+module only scores: the classifiers are trained (and cached) in ``bmglib.classifiers``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from bmglib import skintone
 from bmglib.data import schema
 from bmglib.data.images import load_tensor
+from bmglib.metrics import bootstrap
 
 
 def estimated_fst(images: torch.Tensor) -> np.ndarray:
@@ -49,51 +51,6 @@ def ita_ceiling(real_df: pd.DataFrame, size: int, max_size: int = 128) -> pd.Dat
     return adherence_table(real_df["fitzpatrick_scale"].to_numpy(), estimated_fst(x))
 
 
-#: the auditor's seed offset from the fairness-loss estimator's seed, and its width (the estimator: 16)
-AUDITOR_SEED_OFFSET, AUDITOR_WIDTH = 1000, 32
-
-
-def get_fst_auditor(train_df: pd.DataFrame, test_df: pd.DataFrame, size: int, epochs: int = 12,
-                    seed: int = 0, progress: bool = True):
-    """The independent FST CNN that scores generated images: a :class:`~bmglib.classifiers.SmallCNN`
-    of width 32 (the fairness loss's estimator: 16), seed ``seed + 1000``, trained class-balanced on
-    the *real* training split's FST labels (the estimator: the natural mix), cached under a key of
-    its inputs. No generator is trained against it.
-
-    Returns ``(model → logits, report)``; report = ``ceiling``: :func:`adherence_table` of the
-    auditor on the real test split against its FST labels (what a perfect generator would score).
-    """
-    from safetensors.torch import load_file, save_file
-
-    from bmglib import config, paths
-    from bmglib.classifiers import SmallCNN, train_multiclass
-
-    for name, df in (("training", train_df), ("test", test_df)):
-        if "fitzpatrick_scale" not in df.columns:
-            raise KeyError(f"get_fst_auditor: the {name} table has no 'fitzpatrick_scale' column")
-    train_df = train_df[train_df["fitzpatrick_scale"].between(1, 6)]
-    test_df = test_df[test_df["fitzpatrick_scale"].between(1, 6)]
-    key = config.cache_key(train=config.hash_table(train_df), test=config.hash_table(test_df), size=size,
-                           epochs=epochs, seed=seed, width=AUDITOR_WIDTH, offset=AUDITOR_SEED_OFFSET, version=1)
-    cache = paths.cache_dir() / f"fst_auditor_{key}"
-    if (cache / "model.safetensors").exists():
-        model = SmallCNN(AUDITOR_WIDTH, n_out=6)
-        model.load_state_dict(load_file(cache / "model.safetensors"))
-        ceiling = pd.read_csv(cache / "ceiling.csv", index_col=0)
-        ceiling.index = [int(i) if str(i).isdigit() else i for i in ceiling.index]  # FSTs, "overall"
-        return model.eval(), {"ceiling": ceiling.rename_axis("requested_fst")}
-    x = load_tensor(train_df, size, progress)
-    y = torch.tensor(train_df["fitzpatrick_scale"].to_numpy()).long() - 1
-    model = train_multiclass(x, y, 6, epochs=epochs, width=AUDITOR_WIDTH, seed=seed + AUDITOR_SEED_OFFSET,
-                             balanced=True, desc="FST auditor", progress=progress)
-    ceiling = adherence_table(test_df["fitzpatrick_scale"].to_numpy(),
-                              audit_fst(model, load_tensor(test_df, size, progress)))
-    cache.mkdir(parents=True, exist_ok=True)
-    save_file(model.state_dict(), cache / "model.safetensors")
-    ceiling.to_csv(cache / "ceiling.csv")
-    return model, {"ceiling": ceiling}
-
-
 @torch.no_grad()
 def audit_fst(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     """The auditor's FST (1..6) per image. ``x``: (N, 3, H, W) in [-1, 1]."""
@@ -101,19 +58,19 @@ def audit_fst(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     return torch.cat([model(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)]).numpy() + 1
 
 
-def fst_adherence(requested, ita_estimated, x: torch.Tensor, train_df: pd.DataFrame, test_df: pd.DataFrame,
-                  size: int, seed: int = 0, progress: bool = True):
+def fst_adherence(requested, ita_estimated, x: torch.Tensor, auditor: torch.nn.Module,
+                  auditor_ceiling: pd.DataFrame, test_df: pd.DataFrame, size: int):
     """FST adherence by both judges, side by side: ITA (``ita_estimated``, e.g. a manifest's
-    ``estimated_fst``) and the auditor CNN (:func:`get_fst_auditor`) on the images ``x``, each
-    joined with its ceiling on the real test split (``real_*`` columns).
+    ``estimated_fst``) and the auditor CNN (``auditor``, ``auditor_ceiling``: what
+    :func:`bmglib.classifiers.get_fst_auditor` returns) on the images ``x`` (N, 3, H, W) in
+    [-1, 1], each joined with its ceiling on the real test split (``real_*`` columns).
 
     Returns ``(table with column groups "ITA" and "auditor CNN", the auditor's FST per image)``.
     """
-    auditor, report = get_fst_auditor(train_df, test_df, size, seed=seed, progress=progress)
     audited = audit_fst(auditor, x)
     table = pd.concat({
         "ITA": adherence_table(requested, ita_estimated).join(ita_ceiling(test_df, size).add_prefix("real_")),
-        "auditor CNN": adherence_table(requested, audited).join(report["ceiling"].add_prefix("real_")),
+        "auditor CNN": adherence_table(requested, audited).join(auditor_ceiling.add_prefix("real_")),
     }, axis=1)
     return table, audited
 
@@ -133,57 +90,11 @@ def fst_distribution(estimated: np.ndarray) -> pd.DataFrame:
 # --- lesion adherence: does the image show the lesion type that was requested? ---------------
 
 
-def train_lesion_classifier(x: torch.Tensor, lesion: torch.Tensor, epochs: int = 8,
-                            batch_size: int = 64, lr: float = 2e-3, width: int = 32,
-                            seed: int = 0, progress: bool = True) -> torch.nn.Module:
-    """A :class:`~bmglib.classifiers.SmallCNN` over ``schema.LESIONS`` on real images ``x`` (N,3,H,W)
-    in [-1, 1], ``lesion`` (N,) indices; draws are lesion-balanced (rare types are not ignored)."""
-    from bmglib.classifiers import train_multiclass
-
-    return train_multiclass(x, lesion, len(schema.LESIONS), epochs=epochs, batch_size=batch_size,
-                            lr=lr, width=width, seed=seed, balanced=True, desc="lesion classifier",
-                            progress=progress)
-
-
 @torch.no_grad()
 def predict_lesion(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     """Predicted lesion index (N,) for images (N, 3, H, W) in [-1, 1]."""
     model.eval()
     return torch.cat([model(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)]).numpy()
-
-
-def get_lesion_classifier(train_df: pd.DataFrame, test_df: pd.DataFrame, size: int,
-                          epochs: int = 8, seed: int = 0, progress: bool = True):
-    """The lesion classifier that scores generated images, trained on the *real* training split
-    and cached under a key of its inputs. It is the ceiling of lesion adherence: its accuracy on
-    the real test split (per FST, in the report) is what a perfect generator would score.
-
-    Returns ``(model, report)``: report = ``accuracy`` (DataFrame per FST + overall: n, accuracy).
-    """
-    from safetensors.torch import load_file, save_file
-
-    from bmglib import config, paths
-    from bmglib.classifiers import SmallCNN
-    from bmglib.data.images import LESION_INDEX
-
-    key = config.cache_key(train=config.hash_table(train_df), test=config.hash_table(test_df),
-                           size=size, epochs=epochs, seed=seed, version=1)
-    cache = paths.cache_dir() / f"lesion_classifier_{key}"
-    if (cache / "model.safetensors").exists():
-        model = SmallCNN(32, n_out=len(schema.LESIONS))
-        model.load_state_dict(load_file(cache / "model.safetensors"))
-        model.eval()
-        return model, {"accuracy": pd.read_csv(cache / "accuracy.csv", index_col=0)}
-    x = load_tensor(train_df, size, progress)
-    y = torch.tensor([LESION_INDEX[v] for v in train_df["lesion"]])
-    model = train_lesion_classifier(x, y, epochs=epochs, seed=seed, progress=progress)
-    pred = predict_lesion(model, load_tensor(test_df, size, progress))
-    truth = np.array([LESION_INDEX[v] for v in test_df["lesion"]])
-    acc = lesion_adherence_table(truth, pred, test_df["fitzpatrick_scale"].to_numpy())
-    cache.mkdir(parents=True, exist_ok=True)
-    save_file(model.state_dict(), cache / "model.safetensors")
-    acc.to_csv(cache / "accuracy.csv")
-    return model, {"accuracy": acc}
 
 
 def lesion_adherence_table(requested: np.ndarray, predicted: np.ndarray,
@@ -210,9 +121,8 @@ def share_ci(hits, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> di
     hit = np.asarray(hits, dtype=float)
     if len(hit) == 0:
         return {"n": 0, "share": np.nan, "ci_low": np.nan, "ci_high": np.nan}
-    boot = np.random.default_rng(seed).choice(hit, (n_boot, len(hit))).mean(1)
-    lo, hi = np.percentile(boot, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
-    return {"n": int(len(hit)), "share": float(hit.mean()), "ci_low": float(lo), "ci_high": float(hi)}
+    lo, hi = bootstrap.percentile_ci(bootstrap.mean_replicates(hit, n_boot, seed), level)
+    return {"n": int(len(hit)), "share": float(hit.mean()), "ci_low": lo, "ci_high": hi}
 
 
 def light_share(estimated: np.ndarray, requested: np.ndarray | None = None, n_boot: int = 2000,

@@ -1,8 +1,10 @@
 """Group-disaggregated classification metrics with bootstrap confidence intervals.
 
 Point estimates come from fairlearn's ``MetricFrame``; CIs from a bootstrap that resamples
-images *within* each group (so every replicate keeps each group's N). Every row states its N and
-its number of melanomas (positives): per-FST melanoma metrics rest on few cases.
+images *within* each group (:func:`bmglib.metrics.bootstrap.stratified`: every replicate keeps
+each group's N). Every gap is light minus dark, metric(I–III) − metric(IV–VI)
+(:data:`schema.GAP_GROUPS`). Every row states its N and its number of melanomas (positives):
+per-FST melanoma metrics rest on few cases.
 
 Label metrics (:data:`METRICS`) take thresholded predictions; :data:`SCORE_METRICS` (AUC) take
 scores (``p_melanoma``). For classifiers trained with several seeds on one test set,
@@ -21,6 +23,7 @@ from fairlearn.metrics import MetricFrame
 from scipy.stats import rankdata
 
 from bmglib.data import schema
+from bmglib.metrics import bootstrap
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 
@@ -53,14 +56,6 @@ METRICS: dict[str, Metric] = {"accuracy": accuracy, "sensitivity": sensitivity,
                               "specificity": specificity, "fnr": fnr}
 
 
-def _bootstrap_indices(groups: np.ndarray, n_boot: int, seed: int):
-    """Yield index arrays resampled with replacement within each group."""
-    rng = np.random.default_rng(seed)
-    members = {g: np.flatnonzero(groups == g) for g in pd.unique(groups)}
-    for _ in range(n_boot):
-        yield np.concatenate([rng.choice(m, size=len(m), replace=True) for m in members.values()])
-
-
 def group_metrics(y_true, y_pred, groups, metrics: dict[str, Metric] | None = None,
                   n_boot: int = 2000, seed: int = 0, level: float = 0.95, y_score=None,
                   score_metrics: dict[str, ScoreMetric] | None = None) -> pd.DataFrame:
@@ -79,30 +74,28 @@ def group_metrics(y_true, y_pred, groups, metrics: dict[str, Metric] | None = No
         point = point.join(_frame(y_true, y_score, groups, score_metrics))
         fns.update({name: (fn, y_score) for name, fn in score_metrics.items()})
     reps = {name: {g: [] for g in point.index} for name in fns}
-    for idx in _bootstrap_indices(groups, n_boot, seed):
+    for idx in bootstrap.stratified(bootstrap.strata_of(groups), n_boot, seed):
         yt, gr = y_true[idx], groups[idx]
         resampled = {name: values[idx] for name, (_, values) in fns.items()}
         for g in point.index:
             sel = slice(None) if g == "overall" else gr == g
             for name, (fn, _) in fns.items():
                 reps[name][g].append(fn(yt[sel], resampled[name][sel]))
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     rows = []
     for g in point.index:
         sel = np.ones(len(groups), bool) if g == "overall" else groups == g
         row = {"group": g, "n": int(sel.sum()), "n_pos": int(y_true[sel].sum())}
         for name in fns:
-            r = np.asarray(reps[name][g], float)
             row[name] = float(point.loc[g, name])
-            row[f"{name}_ci_low"] = float(np.nanpercentile(r, lo)) if np.isfinite(r).any() else np.nan
-            row[f"{name}_ci_high"] = float(np.nanpercentile(r, hi)) if np.isfinite(r).any() else np.nan
+            row[f"{name}_ci_low"], row[f"{name}_ci_high"] = bootstrap.percentile_ci(reps[name][g], level)
         rows.append(row)
     return pd.DataFrame(rows).set_index("group")
 
 
-def gap(y_true, y_pred, groups, a, b, metric: Metric = sensitivity, n_boot: int = 2000,
-        seed: int = 0, level: float = 0.95) -> dict:
-    """metric(group a) − metric(group b) with a bootstrap CI (within-group resampling).
+def gap(y_true, y_pred, groups, a=schema.GAP_GROUPS[0], b=schema.GAP_GROUPS[1],
+        metric: Metric = sensitivity, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """metric(group a) − metric(group b) with a bootstrap CI (within-group resampling); by default
+    the gap I–III − IV–VI of ``groups`` (N,) labelled ``"I-III"``/``"IV-VI"``.
 
     Returns ``{"gap", "ci_low", "ci_high", "n_a", "n_b", "n_pos_a", "n_pos_b", "p_le_0"}``;
     ``p_le_0`` is the bootstrap share of replicates with gap ≤ 0 (a one-sided check).
@@ -115,10 +108,10 @@ def gap(y_true, y_pred, groups, a, b, metric: Metric = sensitivity, n_boot: int 
     def diff(yt, yp, gr):
         return metric(yt[gr == a], yp[gr == a]) - metric(yt[gr == b], yp[gr == b])
 
-    reps = np.array([diff(y_true[i], y_pred[i], groups[i])
-                     for i in _bootstrap_indices(groups, n_boot, seed)])
-    lo, hi = np.nanpercentile(reps, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
-    return {"gap": diff(y_true, y_pred, groups), "ci_low": float(lo), "ci_high": float(hi),
+    reps = bootstrap.replicates(lambda i: diff(y_true[i], y_pred[i], groups[i]), n_boot, seed,
+                                strata=bootstrap.strata_of(groups))
+    lo, hi = bootstrap.percentile_ci(reps, level)
+    return {"gap": diff(y_true, y_pred, groups), "ci_low": lo, "ci_high": hi,
             "n_a": int(sa.sum()), "n_b": int(sb.sum()), "n_pos_a": int(y_true[sa].sum()),
             "n_pos_b": int(y_true[sb].sum()), "p_le_0": float(np.mean(reps <= 0))}
 
@@ -162,7 +155,9 @@ def _frame(y_true, values, groups, metrics) -> pd.DataFrame:
 # image bootstrap of the seed-mean (images resampled within each FST, the same resample applied to
 # every seed's predictions, so each replicate keeps every FST's N).
 
-EDFR_GROUPS = ("IV-VI", "I-III")  # EDFR = FNR(IV–VI) − FNR(I–III): > 0 when darker skin is missed more
+#: EDFR = FNR(IV–VI) − FNR(I–III): > 0 when darker skin is missed more. As FNR = 1 − sensitivity,
+#: this is the sensitivity gap I–III − IV–VI, so it follows :data:`schema.GAP_GROUPS`.
+EDFR_GROUPS = schema.GAP_GROUPS[::-1]
 
 
 @dataclass(frozen=True)
@@ -224,14 +219,6 @@ def _seed_frames(sp: SeedPredictions, labels: np.ndarray) -> list[pd.DataFrame]:
             for s in range(len(sp.seeds))]
 
 
-def _ci(reps, level: float) -> tuple[float, float]:
-    r = np.asarray(reps, float)
-    if not np.isfinite(r).any():
-        return float("nan"), float("nan")
-    lo, hi = np.nanpercentile(r, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
-    return float(lo), float(hi)
-
-
 def _sd(values) -> float:
     v = np.asarray(values, float)
     return float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
@@ -252,7 +239,7 @@ def seed_metrics(preds: pd.DataFrame | SeedPredictions, by: str = "fst", n_boot:
     names = list(per_seed.columns)
     groups = list(per_seed.loc[0].index)
     reps = {(g, m): [] for g in groups for m in names}
-    for idx in _bootstrap_indices(sp.fst, n_boot, seed):
+    for idx in bootstrap.stratified(bootstrap.strata_of(sp.fst), n_boot, seed):
         r, lab = sp.take(idx), labels[idx]
         for g in groups:
             sel = slice(None) if g == "overall" else lab == g
@@ -268,7 +255,7 @@ def seed_metrics(preds: pd.DataFrame | SeedPredictions, by: str = "fst", n_boot:
         for m in names:
             values = per_seed.xs(g, level=1)[m]
             row[m], row[f"{m}_sd"] = float(values.mean()), _sd(values)
-            row[f"{m}_ci_low"], row[f"{m}_ci_high"] = _ci(reps[g, m], level)
+            row[f"{m}_ci_low"], row[f"{m}_ci_high"] = bootstrap.percentile_ci(reps[g, m], level)
         rows.append(row)
     return pd.DataFrame(rows).set_index("group")
 
@@ -281,10 +268,11 @@ def _contrast(values: pd.Series, a, b) -> float:
     return float(values[a] - values[b])
 
 
-def seed_gap(preds: pd.DataFrame | SeedPredictions, metric: str = "accuracy", a="I-III",
-             b="IV-VI", by: str = "group", n_boot: int = 1000, seed: int = 0,
-             level: float = 0.95) -> dict:
-    """metric(a) − metric(b) per seed, averaged over seeds, with sd and an image-bootstrap CI.
+def seed_gap(preds: pd.DataFrame | SeedPredictions, metric: str = "accuracy",
+             a=schema.GAP_GROUPS[0], b=schema.GAP_GROUPS[1], by: str = "group", n_boot: int = 1000,
+             seed: int = 0, level: float = 0.95) -> dict:
+    """metric(a) − metric(b) per seed, averaged over seeds, with sd and an image-bootstrap CI;
+    by default the gap I–III − IV–VI.
 
     ``b=None`` gives the range max − min of the metric over the groups of ``by`` (e.g. FNR over
     FST 1..6; per seed, as fairlearn's ``MetricFrame.difference``); ``a``/``b`` of the result
@@ -298,7 +286,7 @@ def seed_gap(preds: pd.DataFrame | SeedPredictions, metric: str = "accuracy", a=
     per_seed = [_contrast(f[metric], a, b) for f in frames]
     groups = [g for g in frames[0].index if g != "overall"]
     reps = []
-    for idx in _bootstrap_indices(sp.fst, n_boot, seed):
+    for idx in bootstrap.stratified(bootstrap.strata_of(sp.fst), n_boot, seed):
         r, lab = sp.take(idx), labels[idx]
         masks = {g: lab == g for g in groups}
         reps.append(np.mean([_contrast(pd.Series({g: _metric(metric, r.y_true[m], r.y_pred[s, m],
@@ -308,7 +296,7 @@ def seed_gap(preds: pd.DataFrame | SeedPredictions, metric: str = "accuracy", a=
     if b is None:  # name the extreme groups of the seed-mean metric
         mean = sum(f[metric] for f in frames).drop("overall") / len(frames)
         a, b = mean.idxmax(), mean.idxmin()
-    lo, hi = _ci(reps, level)
+    lo, hi = bootstrap.percentile_ci(reps, level)
     sa, sb = labels == a, labels == b
     return {"metric": metric, "a": a, "b": b, "value": float(np.mean(per_seed)),
             "sd": _sd(per_seed), "ci_low": lo, "ci_high": hi,

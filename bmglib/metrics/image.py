@@ -43,6 +43,7 @@ from cleanfid import fid as cleanfid
 from bmglib import paths
 from bmglib.config import cache_key
 from bmglib.data import schema
+from bmglib.metrics import bootstrap
 
 FEATURE_DIM = 2048
 EXTRACTORS = ("fid-helper", "clean-fid")
@@ -261,8 +262,8 @@ def kid_bootstrap(feats1: np.ndarray, feats2: np.ndarray, n_boot: int = 200,
     x, y = np.asarray(feats1, np.float64), np.asarray(feats2, np.float64)
     kxx, kyy, kxy = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
     rng = np.random.default_rng(seed)
-    cx = rng.multinomial(len(x), np.full(len(x), 1 / len(x)), size=n_boot).astype(np.float64)
-    cy = rng.multinomial(len(y), np.full(len(y), 1 / len(y)), size=n_boot).astype(np.float64)
+    cx = bootstrap.resample_counts(len(x), n_boot, rng).astype(np.float64)
+    cy = bootstrap.resample_counts(len(y), n_boot, rng).astype(np.float64)
 
     def within(c, k):
         same = (c * c).sum(1)
@@ -279,9 +280,9 @@ def fid_bootstrap(feats1: np.ndarray, feats2: np.ndarray, n_boot: int = 200,
     read their percentile interval as the sampling uncertainty of the comparison, not as an
     unbiased CI of FID itself (FID has no unbiased estimator at small N)."""
     a, b = np.asarray(feats1, np.float64), np.asarray(feats2, np.float64)
-    rng = np.random.default_rng(seed)
-    return np.array([frechet_distance(a[rng.integers(0, len(a), len(a))],
-                                      b[rng.integers(0, len(b), len(b))]) for _ in range(n_boot)])
+    # one stratum per set: i[:len(a)] indexes a, i[len(a):] indexes b
+    return bootstrap.replicates(lambda i: frechet_distance(a[i[:len(a)]], b[i[len(a):]]), n_boot, seed,
+                                strata=[np.arange(len(a)), np.arange(len(b))])
 
 
 def _fst_array(fst, n: int, name: str) -> np.ndarray:
@@ -298,14 +299,11 @@ def _fst_array(fst, n: int, name: str) -> np.ndarray:
 def _metric_row(rf: np.ndarray, sf: np.ndarray, seed: int, kid_kw: dict, n_boot: int,
                 level: float) -> dict:
     sub = kid_subsets(rf, sf, seed=seed, **kid_kw)
-    boot = kid_bootstrap(rf, sf, n_boot=n_boot, seed=seed)
-    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
-    lo, hi = np.nanpercentile(boot, q)
-    fid_lo, fid_hi = np.nanpercentile(fid_bootstrap(rf, sf, n_boot=n_boot, seed=seed), q)
-    return {"fid": frechet_distance(rf, sf), "fid_boot_low": float(fid_lo),
-            "fid_boot_high": float(fid_hi), "kid": float(sub.mean()),
-            "kid_subset_sd": float(sub.std(ddof=1)) if len(sub) > 1 else 0.0,
-            "kid_ci_low": float(lo), "kid_ci_high": float(hi)}
+    lo, hi = bootstrap.percentile_ci(kid_bootstrap(rf, sf, n_boot=n_boot, seed=seed), level)
+    fid_lo, fid_hi = bootstrap.percentile_ci(fid_bootstrap(rf, sf, n_boot=n_boot, seed=seed), level)
+    return {"fid": frechet_distance(rf, sf), "fid_boot_low": fid_lo, "fid_boot_high": fid_hi,
+            "kid": float(sub.mean()), "kid_subset_sd": float(sub.std(ddof=1)) if len(sub) > 1 else 0.0,
+            "kid_ci_low": lo, "kid_ci_high": hi}
 
 
 def group_image_metrics(real_feats: np.ndarray, real_fst, synth_feats: np.ndarray, synth_fst, *,
@@ -397,8 +395,8 @@ def fst_spread_bootstrap(real_feats: np.ndarray, real_fst, synth_feats: np.ndarr
         rf = real_feats[np.sort(rng.choice(r, n, replace=False))]
         sf = synth_feats[np.sort(rng.choice(s, n, replace=False))]
         kids[:, j] = kid_bootstrap(rf, sf, n_boot=n_boot, seed=seed + f)
-        ri = np.random.default_rng([seed, f, 0]).integers(0, n, (n_boot, n))
-        si = np.random.default_rng([seed, f, 1]).integers(0, n, (n_boot, n))
+        ri = bootstrap.resample(n, n_boot, [seed, f, 0])
+        si = bootstrap.resample(n, n_boot, [seed, f, 1])
         fids[:, j] = [frechet_distance(rf[a], sf[b]) for a, b in zip(ri, si, strict=True)]
     return pd.DataFrame({"fid_sd": fids.std(1, ddof=1), "fid_var": fids.var(1, ddof=1),
                          "kid_sd": kids.std(1, ddof=1)})

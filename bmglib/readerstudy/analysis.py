@@ -28,6 +28,7 @@ import pandas as pd
 
 from bmglib import report
 from bmglib.data import schema
+from bmglib.metrics import bootstrap
 from bmglib.readerstudy import design
 
 #: the seed paper's claims (three board-certified dermatologists, 300 synthetic images, 1–5 Likert)
@@ -56,13 +57,12 @@ def levels(df: pd.DataFrame):
 
 
 def _weights(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
-    """(n_boot, n) multiplicities of a resample with replacement."""
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
+    """(n_boot, n) float multiplicities of a resample with replacement (continues ``rng``)."""
+    return bootstrap.resample_counts(n, n_boot, rng).astype(float)
 
 
 def _ci(boot: np.ndarray) -> tuple[float, float]:
-    boot = boot[np.isfinite(boot)]
-    return (np.nan, np.nan) if not len(boot) else tuple(np.percentile(boot, [2.5, 97.5]))
+    return bootstrap.percentile_ci(boot) if len(boot) else (np.nan, np.nan)
 
 
 def crossed_mean(rows: pd.DataFrame, value: str, n_boot: int, seed: int) -> dict:
@@ -199,8 +199,8 @@ def kripp_alpha(rows: pd.DataFrame, measure: str, n_boot: int = 200, seed: int =
 
     point = alpha(data)
     rng = np.random.default_rng(seed)
-    boot = np.array([alpha(data[:, rng.integers(0, data.shape[1], data.shape[1])]) for _ in range(n_boot)]) \
-        if data.shape[1] else np.array([])
+    boot = (bootstrap.replicates(lambda idx: alpha(data[:, idx]), n_boot, rng, n=data.shape[1])
+            if data.shape[1] else np.array([]))
     lo, hi = _ci(boot)
     return {**out, "alpha": point, "ci_low": lo, "ci_high": hi}
 

@@ -14,7 +14,8 @@
 
 ``exact_*`` functions compute the same quantities from full Jacobians: for tests on tiny models.
 Statistics: Spearman correlation and AUROC with bootstrap CIs; pooled pixel-level AUROC of a map
-against artefact masks, with a CI over images.
+against artefact masks, with a CI over images. The audit's tables and figures (notebook 07) are in
+:mod:`bmglib.vae.audit`.
 """
 
 from __future__ import annotations
@@ -25,15 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 from tqdm.auto import tqdm
 
-from bmglib.data import schema, synthetic
-from bmglib.report import to_markdown
+from bmglib.data import schema
+from bmglib.metrics import bootstrap
 
 Params = dict[str, torch.Tensor]
 
@@ -175,18 +175,11 @@ def exact_predictive_variance(model, post: LaplacePosterior, x: torch.Tensor) ->
 # --- evaluation -------------------------------------------------------------------------------
 
 
-def _ci(boots: np.ndarray, level: float) -> tuple[float, float]:
-    lo, hi = np.nanpercentile(boots, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
-    return float(lo), float(hi)
-
-
 def spearman_ci(a, b, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """Spearman ρ of (N,) ``a`` and ``b`` with a percentile bootstrap CI (pairs resampled)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
-    rng = np.random.default_rng(seed)
-    boots = np.array([spearmanr(a[i], b[i]).statistic
-                      for i in rng.integers(0, len(a), (n_boot, len(a)))])
-    lo, hi = _ci(boots, level)
+    boots = bootstrap.replicates(lambda i: spearmanr(a[i], b[i]).statistic, n_boot, seed, n=len(a))
+    lo, hi = bootstrap.percentile_ci(boots, level)
     return {"rho": float(spearmanr(a, b).statistic), "ci_low": lo, "ci_high": hi, "n": len(a)}
 
 
@@ -194,12 +187,9 @@ def auroc_ci(scores, labels, n_boot: int = 1000, seed: int = 0, level: float = 0
     """AUROC of ``scores`` (N,) for ``labels`` (N,) bool, CI from a stratified bootstrap."""
     scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
     pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        i = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
-        boots.append(roc_auc_score(labels[i], scores[i]))
-    lo, hi = _ci(np.array(boots), level)
+    boots = bootstrap.replicates(lambda i: roc_auc_score(labels[i], scores[i]), n_boot, seed,
+                                 strata=[pos, neg])
+    lo, hi = bootstrap.percentile_ci(boots, level)
     return {"auroc": float(roc_auc_score(labels, scores)), "ci_low": lo, "ci_high": hi,
             "n_pos": len(pos), "n_neg": len(neg)}
 
@@ -223,38 +213,10 @@ def pixel_auroc(maps, masks, n_boot: int = 1000, seed: int = 0, level: float = 0
     nb = len(edges) + 1
     pos = np.stack([np.bincount(i[m], minlength=nb) for i, m in zip(idx, masks, strict=True)])
     neg = np.stack([np.bincount(i[~m], minlength=nb) for i, m in zip(idx, masks, strict=True)])
-    rng = np.random.default_rng(seed)
-    w = rng.multinomial(len(maps), np.full(len(maps), 1 / len(maps)), size=n_boot)  # (n_boot, N)
-    lo, hi = _ci(_binned_auroc(w @ pos, w @ neg), level)
+    w = bootstrap.resample_counts(len(maps), n_boot, seed)  # (n_boot, N)
+    lo, hi = bootstrap.percentile_ci(_binned_auroc(w @ pos, w @ neg), level)
     return {"auroc": float(_binned_auroc(pos.sum(0), neg.sum(0))), "ci_low": lo, "ci_high": hi,
             "n_images": len(maps), "n_pos_pixels": int(masks.sum()), "n_neg_pixels": int((~masks).sum())}
-
-
-ARTEFACTS = ("ruler", "ink", "patch")
-
-
-def artefact_masks(df: pd.DataFrame, size: int, verify: int = 0) -> dict[str, np.ndarray]:
-    """Re-render the generator's ruler/ink/patch masks of synthetic rows at ``size`` pixels.
-
-    Each row is re-rendered from ``(seed, stream, index)`` at its own ``size`` and its masks are
-    area-averaged to ``size`` (≥ half covered → True), as the images are resized on loading.
-    Returns ``{"ruler"|"ink"|"patch"|"any": (N, size, size) bool}``. ``verify``: check that the
-    first ``verify`` re-rendered images equal the stored PNGs (ValueError otherwise).
-    """
-    out = {k: np.zeros((len(df), size, size), bool) for k in (*ARTEFACTS, "any")}
-    for n, row in enumerate(df.to_dict("records")):
-        if n >= verify and not any(bool(row[k]) for k in ARTEFACTS):
-            continue
-        rng = synthetic.image_rng(int(row["seed"]), str(row["stream"]), int(row["index"]))
-        sample = synthetic.render(int(row["fitzpatrick_scale"]), row["lesion"], int(row["size"]), rng)
-        if n < verify and not np.array_equal(sample.image, np.asarray(Image.open(row["image_path"]))):
-            raise ValueError(f"re-rendered image {row['image_path']} differs from the stored PNG")
-        for k, m in sample.masks.items():
-            if k in ARTEFACTS:
-                small = Image.fromarray(m.astype(np.float32)).resize((size, size), Image.Resampling.BOX)
-                out[k][n] = np.asarray(small) >= 0.5
-                out["any"][n] |= out[k][n]
-    return out
 
 
 def _fst_groups(fst: np.ndarray) -> dict[str, np.ndarray]:
@@ -270,121 +232,32 @@ def group_means(values: np.ndarray, fst: np.ndarray, n_boot: int = 1000, seed: i
     """Mean of ``values`` (N,) per FST, per I-III/IV-VI and overall, with a percentile bootstrap
     CI (images resampled within the group). Columns: n, mean, ci_low, ci_high."""
     values, fst = np.asarray(values, float), np.asarray(fst)
-    rng = np.random.default_rng(seed)
-    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    rng = np.random.default_rng(seed)  # one stream over the groups, in the order of _fst_groups
     rows = []
     for name, sel in _fst_groups(fst).items():
         v = values[sel]
         if len(v) == 0:
             rows.append({"group": name, "n": 0, "mean": np.nan, "ci_low": np.nan, "ci_high": np.nan})
             continue
-        boots = v[rng.integers(0, len(v), (n_boot, len(v)))].mean(1)
-        lo, hi = np.percentile(boots, q)
+        lo, hi = bootstrap.percentile_ci(bootstrap.mean_replicates(v, n_boot, rng), level)
         rows.append({"group": name, "n": len(v), "mean": v.mean(), "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows).set_index("group")
 
 
-def mean_gap(values: np.ndarray, fst: np.ndarray, a=(4, 5, 6), b=(1, 2, 3), n_boot: int = 1000,
-             seed: int = 0, level: float = 0.95) -> dict:
-    """mean(values | FST in a) − mean(values | FST in b) with a bootstrap CI (within-group
-    resampling); default IV–VI minus I–III, so > 0 means darker skin has the larger value."""
+def mean_gap(values: np.ndarray, fst: np.ndarray, a=schema.FST_GROUPS[schema.GAP_GROUPS[0]],
+             b=schema.FST_GROUPS[schema.GAP_GROUPS[1]], n_boot: int = 1000, seed: int = 0,
+             level: float = 0.95) -> dict:
+    """mean(values | FST in a) − mean(values | FST in b) of ``values`` (N,) with FSTs ``fst`` (N,),
+    with a bootstrap CI (each side resampled within itself, b then a from one stream). Default
+    the gap I–III − IV–VI (:data:`schema.GAP_GROUPS`): > 0 means light skin has the larger value.
+    Returns ``{"gap", "ci_low", "ci_high", "n_a", "n_b", "p_le_0"}``."""
     values, fst = np.asarray(values, float), np.asarray(fst)
     va, vb = values[np.isin(fst, a)], values[np.isin(fst, b)]
     rng = np.random.default_rng(seed)
-    boots = (va[rng.integers(0, len(va), (n_boot, len(va)))].mean(1)
-             - vb[rng.integers(0, len(vb), (n_boot, len(vb)))].mean(1))
-    lo, hi = np.percentile(boots, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
-    return {"gap": float(va.mean() - vb.mean()), "ci_low": float(lo), "ci_high": float(hi),
+    # b's resamples first: the draws of the former default (IV–VI − I–III), so the flipped gap
+    # reads the same replicates with the opposite sign
+    boots_b = bootstrap.mean_replicates(vb, n_boot, rng)
+    boots = bootstrap.mean_replicates(va, n_boot, rng) - boots_b
+    lo, hi = bootstrap.percentile_ci(boots, level)
+    return {"gap": float(va.mean() - vb.mean()), "ci_low": lo, "ci_high": hi,
             "n_a": len(va), "n_b": len(vb), "p_le_0": float(np.mean(boots <= 0))}
-
-
-def training_share(table: pd.DataFrame, fst) -> np.ndarray:
-    """(N,) the share of each image's FST (``fst``, (N,)) among the rows of a training table."""
-    share = table["fitzpatrick_scale"].value_counts(normalize=True)
-    return share.reindex(np.asarray(fst), fill_value=0.0).to_numpy()
-
-
-def score_correlations(scores: dict[str, np.ndarray], targets: dict[str, np.ndarray],
-                       n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Spearman ρ (bootstrap CI, n) of every score with every target: one row per pair."""
-    rows = [{"score": s, "target": t, **spearman_ci(a, b, n_boot, seed)}
-            for s, a in scores.items() for t, b in targets.items()]
-    return pd.DataFrame(rows)
-
-
-def audit_markdown(title: str, sections: dict[str, pd.DataFrame], notes: list[str]) -> str:
-    """A markdown report: a title, notes (provenance, caveats), then one table per section."""
-    parts = [f"# {title}", "", *[f"* {n}" for n in notes]]
-    for name, df in sections.items():
-        parts += ["", f"## {name}", "", to_markdown(df)]
-    return "\n".join(parts) + "\n"
-
-
-# --- audit tables (one row per group / pair, every row with its N) -------------------------------
-
-
-def per_fst_table(per_image: dict[str, pd.DataFrame], fst, metrics=("mse", "perceptual", "ssim"),
-                  n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Long table: mix × metric × group (FST I..VI, I-III, IV-VI, overall) with n, mean, CI.
-
-    ``per_image[mix]``: per-image metrics of the same images, whose FSTs are ``fst`` (N,).
-    """
-    parts = [group_means(df[m].to_numpy(), fst, n_boot, seed).reset_index().assign(mix=mix, metric=m)
-             for mix, df in per_image.items() for m in metrics]
-    return pd.concat(parts, ignore_index=True)[["mix", "metric", "group", "n", "mean", "ci_low", "ci_high"]]
-
-
-def fst_gaps(per_image: dict[str, pd.DataFrame], fst, metrics=("mse", "perceptual", "ssim"),
-             n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Per mix and metric: gap = mean(IV–VI) − mean(I–III) with a bootstrap CI and the Ns.
-
-    For mse/perceptual a gap > 0 means darker skin is reconstructed worse; for ssim, better.
-    """
-    rows = [{"mix": mix, "metric": m, **mean_gap(df[m].to_numpy(), fst, n_boot=n_boot, seed=seed)}
-            for mix, df in per_image.items() for m in metrics]
-    return pd.DataFrame(rows)
-
-
-def pick_examples(masks: dict[str, np.ndarray], per_kind: int = 1) -> list[int]:
-    """Row indices of ``per_kind`` distinct images per artefact kind (ruler, ink, patch)."""
-    rows: list[int] = []
-    for kind in ARTEFACTS:
-        found = [int(i) for i in np.flatnonzero(masks[kind].any((1, 2))) if i not in rows]
-        rows += found[:per_kind]
-    return rows
-
-
-def artefact_aurocs(maps: dict[str, torch.Tensor], masks: dict[str, np.ndarray],
-                    n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Pixel AUROC of each map (N,H,W) for each artefact mask (N,H,W), pooled over the images
-    that contain that artefact (the other pixels of those images are the negatives)."""
-    rows = []
-    for kind, mask in masks.items():
-        has = mask.any((1, 2))
-        if not has.any():
-            continue
-        for name, m in maps.items():
-            rows.append({"map": name, "artefact": kind,
-                         **pixel_auroc(np.asarray(m)[has], mask[has], n_boot, seed)})
-    return pd.DataFrame(rows)
-
-
-def ood_aurocs(inside: dict[str, np.ndarray], outside: dict[str, np.ndarray], n_boot: int = 1000,
-               seed: int = 0) -> pd.DataFrame:
-    """AUROC of each per-image score for telling ``outside`` images (positives) from ``inside``."""
-    rows = [{"score": k, **auroc_ci(np.r_[inside[k], outside[k]],
-                                    np.r_[np.zeros(len(inside[k]), bool), np.ones(len(outside[k]), bool)],
-                                    n_boot, seed)} for k in inside]
-    return pd.DataFrame(rows)
-
-
-def ci_table(long: pd.DataFrame, index: str, columns, value: str = "mean",
-             digits: int = 3) -> pd.DataFrame:
-    """Wide display of a long table: cells ``"value [ci_low, ci_high]"``; the n of each row of
-    ``index`` (its largest n over the columns) in an ``n`` column."""
-    cell = [f"{v:.{digits}g} [{lo:.{digits}g}, {hi:.{digits}g}]"
-            for v, lo, hi in zip(long[value], long["ci_low"], long["ci_high"], strict=True)]
-    wide = long.assign(cell=cell).pivot_table(index=index, columns=columns, values="cell",
-                                              aggfunc="first", sort=False)
-    wide.insert(0, "n", long.groupby(index, sort=False)["n"].max())
-    return wide

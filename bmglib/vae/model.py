@@ -1,7 +1,7 @@
 """The López-Pérez VAE fairness audit: a convolutional VAE with a perceptual loss, trained on
 FST mixes, and its reconstruction quality per Fitzpatrick skin type (FST).
 
-    vcfg = vae_config("quick")
+    vcfg = config.get_config("quick").vae                        # the one config's vae section
     feats, _ = get_feature_net(train_df, val_df, vcfg)           # offline perceptual features
     perceptual = FeatureDistance(feats)                          # or any (x, y) -> (B,) distance
     table = mix_table(train_df, mix_shares(train_df, "vvi:0.10"), vcfg.n_train, seed=0)
@@ -11,13 +11,13 @@ FST mixes, and its reconstruction quality per Fitzpatrick skin type (FST).
 No ImageNet network is available offline, so the default perceptual distance is LPIPS-like
 (channel-normalised feature differences, uniform layer weights) on a small CNN trained here on the
 training split to predict lesion type and FST. The distance is injected: a user with VGG/LPIPS
-weights passes their own callable. The uncertainty scores live in :mod:`bmglib.vae.laplace`.
+weights passes their own callable. The uncertainty scores live in :mod:`bmglib.vae.laplace`,
+the audit's tables and figures (notebook 07) in :mod:`bmglib.vae.audit`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,67 +25,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 from tqdm.auto import tqdm
 
-from bmglib import classifiers, config, paths
+from bmglib import augment, cache, classifiers, config, trainer
+from bmglib.config import VAEConfig
 from bmglib.data import schema
 from bmglib.data.images import load_tensor
-from bmglib.vae import laplace as uncertainty
+from bmglib.vae import laplace
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (B,3,H,W) × 2 → (B,)
-VERSION = 1  # bump when training changes: invalidates cached runs
-
-
-@dataclass
-class VAEConfig:
-    """The VAE audit: model, perceptual features, FST mixes, Laplace score and statistics."""
-
-    image_size: int = 32
-    width: int = 16  # channels of the first encoder block: (w, 2w, 4w)
-    latent_dim: int = 32
-    n_train: int = 2000  # images per training mix (drawn from the training split)
-    epochs: int = 18
-    batch_size: int = 64
-    lr: float = 2e-3
-    beta: float = 0.002  # KL weight per pixel (the MSE is a per-pixel mean)
-    perceptual_weight: float = 0.05
-    feature_width: int = 16  # the in-project perceptual CNN (classifiers.SmallCNN)
-    feature_epochs: int = 4
-    sweep: tuple = (0.02, 0.10, 0.30)  # FST V–VI shares of the training mix
-    laplace_layers: int = 0  # last parametrised decoder modules under the Laplace posterior (0: all)
-    laplace_fit: int = 1000  # training images used to fit the GGN diagonal
-    ggn_probes: int = 8  # Rademacher probes per batch for the GGN diagonal
-    prior_precision: float = 1.0
-    score_probes: int = 16  # Rademacher probes per image for the trace / pixel map
-    n_boot: int = 1000
-    n_isic: int = 150  # real ISIC-2017 images scored (at most 150)
-    seed: int = 0
-
-
-VAE_PROFILES: dict[str, dict] = {
-    "smoke": {"width": 8, "latent_dim": 8, "n_train": 200, "epochs": 2, "feature_width": 8,
-              "feature_epochs": 1, "laplace_fit": 64, "ggn_probes": 2, "score_probes": 8,
-              "n_boot": 200, "n_isic": 16},
-    "quick": {},
-    "paper": {"image_size": 128, "width": 32, "latent_dim": 128, "n_train": 8000, "epochs": 60,
-              "feature_width": 32, "feature_epochs": 10, "laplace_fit": 4000, "n_boot": 2000},
-}
-
-
-def vae_config(profile: str = "quick", overrides: dict | None = None) -> VAEConfig:
-    """The VAE config of a profile plus strict overrides (unknown key or wrong type → error)."""
-    if profile not in VAE_PROFILES:
-        raise config.ConfigError(f"unknown profile {profile!r}; choose one of {list(VAE_PROFILES)}")
-    cfg = VAEConfig()
-    for key, value in {**VAE_PROFILES[profile], **(overrides or {})}.items():
-        if not hasattr(cfg, key):
-            raise config.ConfigError(f"unknown VAE config key {key!r}; "
-                                     f"VAEConfig has {[f.name for f in dataclasses.fields(cfg)]}")
-        setattr(cfg, key, config._check_type(f"vae.{key}", value, getattr(cfg, key)))
-    return cfg
+AUGMENT = "flip_rot90_per_batch"  # bmglib.augment: one random pose per batch
+#: what the cached models' weights depend on besides their inputs (``cache.code_digest``)
+TRAINING_CODE = (trainer, augment, load_tensor)
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -184,28 +137,26 @@ class FeatureDistance(nn.Module):
 
 def train_feature_net(x: torch.Tensor, fst: torch.Tensor, lesion: torch.Tensor, width: int,
                       epochs: int, seed: int = 0, progress: bool = True) -> classifiers.SmallCNN:
-    """A SmallCNN predicting lesion (4, class-balanced CE) and FST (6) from x (N,3,H,W) in [-1,1].
+    """A SmallCNN predicting lesion (4, class-balanced CE) and FST (6) from x (N,3,H,W) in [-1,1]
+    (``bmglib.trainer.fit``: AdamW at 2e-3, batches of 64, one flip/rotation pose per batch).
 
     ``fst``: (N,) 1..6; ``lesion``: (N,) index into ``schema.LESIONS``.
     """
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
     net = classifiers.SmallCNN(width, n_out=len(schema.LESIONS) + len(schema.FST_LEVELS))
     counts = torch.bincount(lesion, minlength=len(schema.LESIONS)).clamp_min(1).float()
-    w_lesion = counts.sum() / counts / len(counts)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    for _ in tqdm(range(epochs), desc="feature net", disable=not progress, leave=False):
-        net.train()
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 64):
-            idx = order[i:i + 64]
-            out = net(classifiers.augment(x[idx], gen))
-            loss = (nn.functional.cross_entropy(out[:, :4], lesion[idx], weight=w_lesion)
-                    + nn.functional.cross_entropy(out[:, 4:], fst[idx] - 1))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return net.eval()
+    cfg = trainer.FitConfig(epochs=epochs, batch_size=64, lr=2e-3, augment=AUGMENT, seed=seed,
+                            desc="feature net", progress=progress)
+    loss = functools.partial(feature_loss, w_lesion=counts.sum() / counts / len(counts))
+    return trainer.fit(net, trainer.shuffled(x, torch.stack([lesion, fst - 1], dim=1)), cfg, loss).model
+
+
+def feature_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, w_lesion: torch.Tensor) -> torch.Tensor:
+    """Lesion cross-entropy weighted by ``w_lesion`` (4,) plus FST cross-entropy; ``y`` (B, 2):
+    lesion index, FST − 1."""
+    out = model(x)
+    return (nn.functional.cross_entropy(out[:, :4], y[:, 0], weight=w_lesion)
+            + nn.functional.cross_entropy(out[:, 4:], y[:, 1]))
 
 
 def _labels(df: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,33 +167,33 @@ def _labels(df: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
 
 def get_feature_net(train_df: pd.DataFrame, val_df: pd.DataFrame, cfg: VAEConfig,
                     progress: bool = True) -> tuple[CNNFeatures, dict]:
-    """The default perceptual feature network, trained on ``train_df`` and cached by its inputs.
+    """The default perceptual feature network, trained on ``train_df`` and cached by its inputs
+    (``bmglib.cache.cached_model``; ``features.key`` is its cache key).
 
     Returns ``(features, report)``; report: validation FST accuracy and lesion balanced accuracy
     (with ``n_val``) — how much the features know about skin tone and lesions.
     """
-    key = config.cache_key(train=config.hash_table(train_df), val=config.hash_table(val_df),
-                           size=cfg.image_size, width=cfg.feature_width,
-                           epochs=cfg.feature_epochs, seed=cfg.seed, version=VERSION)
-    cache = paths.cache_dir() / f"vae_features_{key}"
-    net = classifiers.SmallCNN(cfg.feature_width, n_out=10)
-    if (cache / "model.safetensors").exists():
-        net.load_state_dict(load_file(cache / "model.safetensors"))
-        return CNNFeatures(net, key), json.loads((cache / "report.json").read_text())
-    x = load_tensor(train_df, cfg.image_size, progress)
-    net = train_feature_net(x, *_labels(train_df), cfg.feature_width, cfg.feature_epochs,
-                            cfg.seed, progress)
-    fst, lesion = _labels(val_df)
-    with torch.no_grad():
-        out = net(load_tensor(val_df, cfg.image_size, progress))
-    pred_l = out[:, :4].argmax(1)
-    recalls = [float((pred_l[lesion == k] == k).float().mean()) for k in lesion.unique()]
-    report = {"n_val": len(val_df), "fst_accuracy": float((out[:, 4:].argmax(1) + 1 == fst).float().mean()),
-              "lesion_balanced_accuracy": float(np.mean(recalls))}
-    cache.mkdir(parents=True, exist_ok=True)
-    save_file(net.state_dict(), cache / "model.safetensors")
-    (cache / "report.json").write_text(json.dumps(report))
-    return CNNFeatures(net, key), report
+    def train() -> tuple[classifiers.SmallCNN, dict]:
+        x = load_tensor(train_df, cfg.image_size, progress)
+        net = train_feature_net(x, *_labels(train_df), cfg.feature_width, cfg.feature_epochs,
+                                cfg.seed, progress)
+        fst, lesion = _labels(val_df)
+        with torch.no_grad():
+            out = net(load_tensor(val_df, cfg.image_size, progress))
+        pred_l = out[:, :4].argmax(1)
+        recalls = [float((pred_l[lesion == k] == k).float().mean()) for k in lesion.unique()]
+        return net, {"n_val": len(val_df),
+                     "fst_accuracy": float((out[:, 4:].argmax(1) + 1 == fst).float().mean()),
+                     "lesion_balanced_accuracy": float(np.mean(recalls))}
+
+    inputs = {"train": config.hash_table(train_df), "val": config.hash_table(val_df),
+              "size": cfg.image_size, "width": cfg.feature_width, "epochs": cfg.feature_epochs,
+              "seed": cfg.seed}
+    n_out = len(schema.LESIONS) + len(schema.FST_LEVELS)
+    res = cache.cached_model("vae_features", inputs,
+                             functools.partial(classifiers.SmallCNN, cfg.feature_width, n_out=n_out),
+                             train, code=(*TRAINING_CODE, train_feature_net, feature_loss, _labels))
+    return CNNFeatures(res.model, res.key), res.report
 
 
 # --- training mixes -----------------------------------------------------------------------------
@@ -318,68 +269,62 @@ class VAERun:
 
 def train_vae(x: torch.Tensor, cfg: VAEConfig, perceptual: Distance | None, seed: int = 0,
               progress: bool = True) -> tuple[ConvVAE, pd.DataFrame]:
-    """Train :class:`ConvVAE` on x (N,3,S,S) in [-1,1] (flip/rotate augmentation).
+    """Train :class:`ConvVAE` on x (N,3,S,S) in [-1,1] (``bmglib.trainer.fit``: AdamW, OneCycle
+    with 10% warm-up, one flip/rotation pose per batch).
 
-    Loss per batch: per-pixel MSE + ``perceptual_weight`` · perceptual(x̂, x) + ``beta`` · KL / D
-    with D = 3·S·S. ``perceptual=None`` trains with MSE + KL only.
+    Loss per batch (:func:`vae_loss`): per-pixel MSE + ``perceptual_weight`` · perceptual(x̂, x) +
+    ``beta`` · KL / D with D = 3·S·S. ``perceptual=None`` trains with MSE + KL only. Returns the
+    model (eval mode) and its history: per epoch, the image-weighted means of loss, mse,
+    perceptual, kl_per_dim.
     """
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
     model = ConvVAE(cfg.image_size, cfg.width, cfg.latent_dim)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-5)
-    steps = cfg.epochs * math.ceil(len(x) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1),
-                                                pct_start=0.1)
-    dim, rows = x[0].numel(), []
-    for epoch in tqdm(range(cfg.epochs), desc="VAE epochs", disable=not progress, leave=False):
-        model.train()
-        order, sums = torch.randperm(len(x), generator=gen), np.zeros(4)
-        for i in range(0, len(x), cfg.batch_size):
-            xb = classifiers.augment(x[order[i:i + cfg.batch_size]], gen)
-            recon, mu, logvar = model(xb)
-            mse = (recon - xb).pow(2).mean()
-            perc = perceptual(recon, xb).mean() if perceptual is not None else mse.new_zeros(())
-            kl = kl_divergence(mu, logvar).mean() / dim
-            loss = mse + cfg.perceptual_weight * perc + cfg.beta * kl
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            sums += len(xb) * np.array([loss.item(), mse.item(), perc.item(), kl.item()])
-        rows.append({"epoch": epoch + 1, **dict(zip(("loss", "mse", "perceptual", "kl_per_dim"),
-                                                     sums / len(x), strict=True))})
-    return model.eval(), pd.DataFrame(rows)
+    fit_cfg = trainer.FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                weight_decay=1e-5, schedule="onecycle", pct_start=0.1, augment=AUGMENT,
+                                loss_mean="image", seed=seed, desc="VAE epochs", progress=progress)
+    loss = functools.partial(vae_loss, perceptual=perceptual, perceptual_weight=cfg.perceptual_weight,
+                             beta=cfg.beta)
+    res = trainer.fit(model, trainer.shuffled(x), fit_cfg, loss)
+    return res.model, res.history[["epoch", "loss", "mse", "perceptual", "kl_per_dim"]]
+
+
+def vae_loss(model: ConvVAE, x: torch.Tensor, _y: None, perceptual: Distance | None,
+             perceptual_weight: float, beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """MSE + ``perceptual_weight`` · perceptual + ``beta`` · KL per dimension of a batch ``x``
+    (B, 3, S, S) in [-1, 1] (the reparameterised z draws from torch's global generator)."""
+    recon, mu, logvar = model(x)
+    mse = (recon - x).pow(2).mean()
+    perc = perceptual(recon, x).mean() if perceptual is not None else mse.new_zeros(())
+    kl = kl_divergence(mu, logvar).mean() / x[0].numel()
+    return mse + perceptual_weight * perc + beta * kl, {"mse": mse, "perceptual": perc, "kl_per_dim": kl}
 
 
 def get_vae(table: pd.DataFrame, cfg: VAEConfig, perceptual: Distance | None,
             perceptual_key: str, seed: int | None = None, progress: bool = True,
             use_cache: bool = True) -> VAERun:
-    """Train on the images of ``table`` or load the cached run with the same inputs.
+    """Train on the images of ``table`` or load the cached run with the same inputs
+    (``bmglib.cache.cached_model``).
 
     The key holds the table (rows, FST), the training fields of ``cfg``, ``perceptual_key`` (name
-    the weights of an injected distance here, "" for none) and the seed.
+    the weights of an injected distance here, "" for none), the seed and the training code.
     """
     seed = cfg.seed if seed is None else seed
     train_cfg = {k: getattr(cfg, k) for k in TRAIN_FIELDS}
     data_hash = config.hash_table(table, ("md5hash", "fitzpatrick_scale"))
-    key = config.cache_key(data=data_hash, vae=train_cfg, perceptual=perceptual_key, seed=seed,
-                           version=VERSION)
-    cache = paths.cache_dir() / f"vae_{key}"
-    if use_cache and (cache / "model.safetensors").exists():
-        model = ConvVAE(cfg.image_size, cfg.width, cfg.latent_dim)
-        model.load_state_dict(load_file(cache / "model.safetensors"))
-        stamp = json.loads((cache / "provenance.json").read_text())
-        return VAERun(model.eval(), pd.read_csv(cache / "history.csv"), table, key, stamp)
-    x = load_tensor(table, cfg.image_size, progress)
-    model, history = train_vae(x, cfg, perceptual, seed, progress)
-    cache.mkdir(parents=True, exist_ok=True)
-    save_file(model.state_dict(), cache / "model.safetensors")
-    history.to_csv(cache / "history.csv", index=False)
-    stamp = config.provenance(None, dataset_hash=data_hash, seed=seed, vae_config=train_cfg,
-                              perceptual=perceptual_key, n_images=len(table),
-                              n_unique=int(table["md5hash"].nunique()))
-    config.write_provenance(cache / "provenance.json", stamp)
-    return VAERun(model, history, table, key, stamp)
+
+    def train() -> tuple[ConvVAE, dict]:
+        model, history = train_vae(load_tensor(table, cfg.image_size, progress), cfg, perceptual, seed,
+                                   progress)
+        return model, {"history": history}
+
+    res = cache.cached_model(
+        "vae", {"data": data_hash, "vae": train_cfg, "perceptual": perceptual_key, "seed": seed},
+        functools.partial(ConvVAE, cfg.image_size, cfg.width, cfg.latent_dim), train,
+        code=(*TRAINING_CODE, train_vae, vae_loss, kl_divergence, FeatureDistance, CNNFeatures),
+        stamp={"dataset_hash": data_hash, "vae_config": train_cfg, "perceptual": perceptual_key,
+               "n_images": len(table), "n_unique": int(table["md5hash"].nunique())},
+        use_cache=use_cache)
+    return VAERun(res.model, res.report["history"], table, res.key, res.stamp)
 
 
 def train_mixes(train: pd.DataFrame, cfg: VAEConfig, perceptual: Distance | None,
@@ -429,36 +374,13 @@ def reconstruction_metrics(model: ConvVAE, x: torch.Tensor, perceptual: Distance
     return pd.DataFrame(out)
 
 
-def representation_curve(runs: dict[str, VAERun], per_image: dict[str, pd.DataFrame],
-                         fst: np.ndarray, metric: str = "mse", n_boot: int = 1000,
-                         seed: int = 0) -> pd.DataFrame:
-    """One row per (mix, FST): the FST's share of the training draws and unique training images,
-    and the test ``metric`` of that FST (mean, bootstrap CI, n_test).
-
-    ``per_image[mix]``: :func:`reconstruction_metrics` of the same test images, whose FSTs are
-    ``fst`` (N,).
-    """
-    rows = []
-    for mix, run in runs.items():
-        table = uncertainty.group_means(per_image[mix][metric].to_numpy(), fst, n_boot, seed)
-        tf = run.table["fitzpatrick_scale"]
-        for f in schema.FST_LEVELS:
-            r = table.loc[schema.FST_ROMAN[f]]
-            rows.append({"mix": mix, "fitzpatrick_scale": f, "share": float((tf == f).mean()),
-                         "n_train_draws": int((tf == f).sum()),
-                         "n_train_unique": int(run.table.loc[tf == f, "md5hash"].nunique()),
-                         "n_test": int(r["n"]), metric: r["mean"], "ci_low": r["ci_low"],
-                         "ci_high": r["ci_high"]})
-    return pd.DataFrame(rows)
-
-
 def fit_run_laplace(run: VAERun, cfg: VAEConfig, n_layers: int | None = None,
-                    progress: bool = True) -> uncertainty.LaplacePosterior:
+                    progress: bool = True) -> laplace.LaplacePosterior:
     """The Laplace posterior of a trained run, fitted on up to ``cfg.laplace_fit`` of its unique
     training images and scaled to its ``len(run.table)`` training draws."""
     unique = run.table.drop_duplicates("md5hash")
     fit = unique.sample(min(cfg.laplace_fit, len(unique)), random_state=cfg.seed)
     x = load_tensor(fit, cfg.image_size, progress)
-    return uncertainty.fit_laplace(run.model, x, len(run.table),
-                                   cfg.laplace_layers if n_layers is None else n_layers,
-                                   cfg.ggn_probes, cfg.prior_precision, cfg.seed, progress=progress)
+    return laplace.fit_laplace(run.model, x, len(run.table),
+                               cfg.laplace_layers if n_layers is None else n_layers,
+                               cfg.ggn_probes, cfg.prior_precision, cfg.seed, progress=progress)

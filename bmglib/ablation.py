@@ -1,0 +1,177 @@
+"""The ablation of notebook 06: each variant is ``bmg`` minus one component (``standard`` minus all
+three), measured side by side in one tidy table, and the seed paper's two ablation claims tested
+against our intervals.
+
+    quality = sample_sets.image_quality(test_df, evalsets, cfg.metrics, reference="bmg")
+    adh = sample_sets.adherence_shares(evalsets, train_df, test_df, size)
+    tidy = collect(quality, adh, tables["summary"])     # tables: downstream.evaluate_arms(...)
+    table = report.ablation_table(tidy)                 # the paper-style table (strings)
+    write_table(fig_dir / "ablation_table.md", table, tables["summary"], cfg, meta, "synthetic")
+    claim_verdicts(tidy)                                # claim, claimed, measured [CI], n, verdict
+
+The tidy table has one row per (variant, measure): :data:`COLUMNS`, measures :data:`MEASURES`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bmglib import config, report
+from bmglib.data import schema
+from bmglib.metrics import sample_sets
+from bmglib.metrics.sample_sets import Adherence, ImageQuality
+
+COLUMNS = ("variant", "measure", "value", "ci_low", "ci_high", "sd", "n", "note")
+#: measure → what it is (every interval is 95%):
+MEASURES = {
+    "fid I-III": "FID of the I–III group against the real test images (n: images per side)",
+    "fid IV-VI": "the same for IV–VI",
+    "fid_sd": "SD of FID over the six FSTs (n: images per FST and side)",
+    "fid_var_ratio": "FID variance over FST ÷ the reference variant's, paired-bootstrap interval",
+    "fst": "FST adherence by ITA (exact share), every request; absent without FST conditioning",
+    "fst_v_vi": "the same for V–VI requests",
+    "fst_audit": "FST adherence by the auditor CNN, every request",
+    "fst_audit_v_vi": "the same for V–VI requests",
+    "light": "II–III share when V–VI was asked (``note``: over which draws)",
+    "lesion": "lesion adherence (the real-data lesion classifier; chance 0.25)",
+    "gap": "downstream accuracy gap I–III − IV–VI of real + the variant (sd over seeds; n: test images)",
+    "edfr": "downstream EDFR, FNR(IV–VI) − FNR(I–III) (sd over seeds; n: test images)",
+}
+DOWNSTREAM = {"gap": "accuracy_gap", "edfr": "edfr"}  # measure → contrast of downstream's summary
+
+
+def variant_list(variants: str, reference: str) -> list[str]:
+    """The comma-separated ``variants`` parameter as a list; ``reference`` must be one of them."""
+    names = sample_sets.parse_variants(variants)
+    if reference not in names:
+        raise ValueError(f"REFERENCE={reference!r} must be one of VARIANTS={names}")
+    return names
+
+
+def components(cfg: config.Config, evalsets: dict[str, pd.DataFrame],
+               augment: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per variant: what it removes, its diffusion components and its sample-set sizes."""
+    rows = {}
+    for v in evalsets:
+        d = config.with_variant(cfg, v).diffusion
+        rows[v] = {"removed": report.VARIANT_OFF.get(v, "?"), "FST conditioned": d.fst_cond,
+                   "resampling alpha": d.alpha, "lambda_kl": d.lambda_kl, "lambda_ce": d.lambda_ce,
+                   "eval images": len(evalsets[v]), "augment images": len(augment[v])}
+    return pd.DataFrame(rows).T
+
+
+def _row(variant: str, measure: str, value: float, ci_low: float = np.nan, ci_high: float = np.nan,
+         sd: float = np.nan, n: int = 0, note: str = "") -> dict:
+    return dict(zip(COLUMNS, (variant, measure, float(value), float(ci_low), float(ci_high), float(sd),
+                              int(n), note), strict=True))
+
+
+def collect(quality: ImageQuality, adherence: Adherence, summary: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The tidy table of every variant's measures (:data:`MEASURES`), in the variants' order.
+
+    ``quality``: :func:`~bmglib.metrics.sample_sets.image_quality` with a reference variant;
+    ``adherence``: :func:`~bmglib.metrics.sample_sets.adherence_shares`; ``summary``: the
+    ``summary`` table of :func:`bmglib.downstream.evaluate_arms` (arms ``real+<variant>``; a
+    variant whose arm was not run has no gap/edfr rows). Undefined shares (no FST conditioning)
+    have no row."""
+    fid_groups = quality.metrics[quality.metrics["level"] == "fst_group"]
+    rows = []
+    for v, s in quality.spread.iterrows():
+        g = fid_groups[fid_groups["variant"] == v].set_index("group")
+        n_group, n_fst = int(g["n_used"].max()), int(s["n_used"])
+        rows += [_row(v, f"fid {grp}", g.loc[grp, "fid"], n=n_group) for grp in schema.FST_GROUPS]
+        rows.append(_row(v, "fid_sd", s["fid_sd"], n=n_fst))
+        rows.append(_row(v, "fid_var_ratio", s["fid_var_ratio"], s["ratio_low"], s["ratio_high"], n=n_fst))
+        for k, d in adherence.shares[v].items():
+            if d is not None:
+                rows.append(_row(v, k, d["share"], d["ci_low"], d["ci_high"], n=d["n"], note=d.get("over", "")))
+        for measure, contrast in DOWNSTREAM.items():
+            hit = (summary[(summary["arm"] == f"real+{v}") & (summary["contrast"] == contrast)]
+                   if summary is not None else ())
+            if len(hit):
+                r = hit.iloc[0]
+                rows.append(_row(v, measure, r["value"], r["ci_low"], r["ci_high"], r["sd"],
+                                 n=r["n_a"] + r["n_b"], note=f"n I–III {r['n_a']}, IV–VI {r['n_b']}"))
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def measure(tidy: pd.DataFrame, variant: str, name: str) -> dict | None:
+    """One row of the tidy table as a dict (value, ci_low, ci_high, sd, n, note), None if absent."""
+    hit = tidy[(tidy["variant"] == variant) & (tidy["measure"] == name)]
+    return None if hit.empty else hit.iloc[0].to_dict()
+
+
+# --- the two claims ------------------------------------------------------------------------------------
+
+
+def verdict(low: float, high: float, claimed: float, null: float | None = None) -> str:
+    """A claimed value against our 95% interval [low, high]: it holds only if the whole interval
+    is at or above ``claimed``; ``null``: the no-effect value, if the claim has one."""
+    if low >= claimed:
+        return "holds"
+    if high >= claimed:
+        return "undecided: the interval contains the claimed value"
+    if null is not None and low > null:
+        return "direction holds, the size does not"
+    if null is not None and high < null:
+        return "does not hold: the effect is reversed"
+    return "does not hold" + ("; no effect at all is within the interval" if null is not None else "")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the seed paper about one variant's measure (at least ``threshold``)."""
+
+    variant: str
+    measure: str
+    text: str
+    claimed: str  # as the paper states it
+    threshold: float
+    null: float | None  # the no-effect value (None: the claim has none)
+    measured: str  # format of the measured value, from value, ci_low, ci_high, n, note
+
+
+CLAIMS = (
+    Claim("no_fairloss", "fid_var_ratio", "removing the fairness loss increases the FID variance over FST",
+          "4×", 4.0, 1.0, "{value:.2f}× [{ci_low:.2f}, {ci_high:.2f}], n={n} per FST"),
+    Claim("no_fst_cond", "light", "without FST conditioning, V–VI requests come out II–III",
+          "> 0.90", 0.9, None, "{value:.3f} [{ci_low:.3f}, {ci_high:.3f}], n={n} ({note})"),
+)
+
+
+def claim_verdicts(tidy: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
+    """One row per claim whose variant was measured: the claim, the paper's value, ours with its
+    95% interval (``value``, ``ci_low``, ``ci_high``, ``n`` and as text) and the :func:`verdict`."""
+    rows = []
+    for c in claims:
+        m = measure(tidy, c.variant, c.measure)
+        if m is None:
+            continue
+        rows.append({"claim": c.text, "claimed": c.claimed, "measured (95% interval)": c.measured.format(**m),
+                     "value": m["value"], "ci_low": m["ci_low"], "ci_high": m["ci_high"], "n": m["n"],
+                     "verdict": verdict(m["ci_low"], m["ci_high"], c.threshold, c.null)})
+    return pd.DataFrame(rows, columns=["claim", "claimed", "measured (95% interval)", "value", "ci_low",
+                                       "ci_high", "n", "verdict"])
+
+
+# --- the table file ----------------------------------------------------------------------------------
+
+
+def write_table(path: Path, table: pd.DataFrame, summary: pd.DataFrame, cfg: config.Config,
+                metadata: pd.DataFrame, dataset: str) -> str:
+    """Write ``ablation_table.md``: the title, commit and date, the real-only downstream gap (the
+    ``real`` arm of downstream's ``summary``), ``table`` (:func:`report.ablation_table`) and its
+    footnote. ``metadata``: the prepared dataset (its hash is stamped). Returns the text."""
+    real = summary[(summary["arm"] == "real") & (summary["contrast"] == "accuracy_gap")].iloc[0]
+    stamp = config.provenance(cfg, dataset_hash=config.hash_table(metadata), seed=cfg.metrics.seed)
+    text = (f"# Ablation · {dataset} · {cfg.profile}\n\ncommit {stamp['git_commit']} · {stamp['created_utc']} · "
+            f"real-only downstream gap {real['value']:.3f} ± {real['sd']:.3f} "
+            f"[{real['ci_low']:.3f}, {real['ci_high']:.3f}]\n\n"
+            + report.to_markdown(table)
+            + "\n\n\\* a variant without FST conditioning cannot be asked for V–VI: share of all its draws.\n")
+    Path(path).write_text(text)
+    return text
