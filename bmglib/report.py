@@ -429,7 +429,7 @@ def select_columns(table_md: str, columns: tuple[str, ...] = HEADLINE_COLUMNS) -
 SPLICES = (
     ("README.md", "headline", ("results_table.md",)),
     ("docs/results.md", "results", ("results_table.md", "ablation_table.md")),
-    ("docs/benchmark.md", "probe", ("probe_table.md",)),
+    ("docs/benchmark.md", "probe", ("probe_table_synthetic.md",)),
 )
 
 

@@ -65,6 +65,7 @@ def inception(tmp_path_factory):
     return {"files": files, "feats": feats, "noisy": noisy_feats, "cache": cache, "root": root}
 
 
+@pytest.mark.slow
 def test_inception_features_are_deterministic_and_cached(inception, monkeypatch):
     files, feats = inception["files"], inception["feats"]
     assert feats.shape == (14, image.FEATURE_DIM) and feats.dtype == np.float32
@@ -98,6 +99,7 @@ def test_inception_input_convention_is_fid_helpers(tmp_path):
     assert np.abs(ours - wrong).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_fid_of_identical_sets_is_zero(inception, tmp_path):
     feats = inception["feats"]
     assert abs(image.frechet_distance(feats, feats)) < 1e-6  # N < D: the low-rank form
@@ -128,6 +130,7 @@ def test_kid_equals_cleanfid_on_whole_sets():
     np.testing.assert_array_equal(sub, image.kid_subsets(a, b, 50, 20, seed=3))
 
 
+@pytest.mark.slow
 def test_fid_kid_grow_with_noise_inception(inception):
     ref = inception["feats"][:12]
     fids = [image.frechet_distance(ref, inception["noisy"][s]) for s in SIGMAS]
@@ -215,6 +218,7 @@ def _meta(fst, lesion, prefix):
                          "image_path": [f"{prefix}{i}.png" for i in range(len(fst))]})
 
 
+@pytest.mark.slow
 def test_memorisation_flags_a_near_copy_not_an_unrelated_image(inception):
     feats = inception["feats"]
     train_meta = _meta([1 + i % 6 for i in range(12)], [schema.LESIONS[i % 4] for i in range(12)], "t")

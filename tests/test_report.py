@@ -117,9 +117,9 @@ def test_make_readme_splices_every_block_from_the_profile_figures(tmp_path):
         (tmp_path / target).write_text(f"text\n{begin}\nold\n{end}\nmore\n")
     (fig / "results_table.md").write_text(RESULTS_MD)
     (fig / "ablation_table.md").write_text("# Ablation\n\ncommit abc\n\n| variant |\n|---|\n| bmg |\n")
-    with pytest.raises(FileNotFoundError, match="probe_table.md"):
+    with pytest.raises(FileNotFoundError, match="probe_table_synthetic.md"):
         report.splice_all("quick", tmp_path)
-    (fig / "probe_table.md").write_text("# Bias probe\n\ncommit abc\n\n| seed |\n|---|\n| 0 |\n")
+    (fig / "probe_table_synthetic.md").write_text("# Bias probe\n\ncommit abc\n\n| seed |\n|---|\n| 0 |\n")
     assert len(report.splice_all("quick", tmp_path)) == len(report.SPLICES)
     readme = (tmp_path / "README.md").read_text()
     assert "old" not in readme and "| real | 0.036" in readme and "FID" not in readme

@@ -89,7 +89,6 @@ def test_training_losses_assemble_the_batch_loss_and_draw_in_a_fixed_order():
     assert torch.equal(on.denoise, off.denoise)  # the same draws: the same denoising loss
 
 
-@pytest.mark.slow
 def test_lambda_zero_switches_the_fairness_loss_off_exactly(tiny_synthetic, tmp_path):
     pool, _ = tiny_synthetic
     est = _ita(pool)
