@@ -1,33 +1,32 @@
-"""Sampler speed and quality on the CPU model: DDIM-50 vs DPM-Solver++-20 (both with guidance).
+"""Sampler speed and quality on the CPU model, on validation data: which solver and step count.
 
-    python benchmarks/sampling.py [--profile quick] [--variant bmg] [--per-cell 10] [--threads 2]
+    python benchmarks/sampling.py [--profile quick] [--variant bmg] [--run-dir DIR]
+                                  [--samplers dpmpp:20,unipc:10,dpmpp:10] [--per-cell 20]
+                                  [--batch-sizes 32,64,128] [--threads 2]
 
-Needs a trained variant (notebook 02 or ``python -m bmglib.diffusion.train``). For each sampler: images/s
-(wall time of the whole set, one process, ``--threads`` torch threads), then KID of each set
-against the real test images (the same reference, equal N, bootstrap 95% CI) and the KID between
-the two sample sets. The fast sampler passes when its KID to the real images is not above DDIM-50's
-CI. Images are drawn balanced per FST × lesion cell, the same labels and seed for both samplers.
-The machine's load average is printed: other jobs on the 2 cores inflate the times.
+Needs a trained variant (notebook 02, ``python -m bmglib.diffusion.train``, or ``--run-dir`` of a
+run with ``final/``, e.g. one of ``benchmarks/convergence.py``'s). Each sampler draws the same
+requests (``--per-cell`` per FST × lesion cell) from the same seed and is scored with the
+validation protocol of :mod:`bmglib.diffusion.validate` (KID to the real *validation* images with a
+95% bootstrap CI, FST adherence by ITA and by the auditor, lesion adherence), with images/s of the
+whole draw (one process, ``--threads`` torch threads). A sampler is "not worse" when its KID is not
+above the first sampler's CI and its adherences are within 0.02 of the first's. Then images/s of the
+first sampler at each batch size in ``--batch-sizes`` (the same requests). The machine's load average is printed: other jobs on the 2 cores inflate the times.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-import tempfile
 import time
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from bmglib import config, paths
 from bmglib.data import prepare
-from bmglib.diffusion import balance, sample, schedule, train
-from bmglib.metrics import image
-
-SAMPLERS = (("ddim", 50), ("dpmpp", 20))
+from bmglib.diffusion import sample, schedule, train, validate
 
 
 def main() -> None:
@@ -35,45 +34,48 @@ def main() -> None:
     ap.add_argument("--profile", default="quick")
     ap.add_argument("--variant", default="bmg")
     ap.add_argument("--dataset", default="synthetic")
-    ap.add_argument("--per-cell", type=int, default=10, help="images per FST × lesion cell and sampler")
+    ap.add_argument("--run-dir", default="", help="a training run with final/ (default: the variant's run)")
+    ap.add_argument("--samplers", default="dpmpp:20,unipc:10,dpmpp:10", help="name:steps, first = reference")
+    ap.add_argument("--per-cell", type=int, default=20, help="images per FST × lesion cell and sampler")
+    ap.add_argument("--batch-sizes", default="", help="comma-separated sampler batch sizes to time (first sampler)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = config.get_config(args.profile)
-    model, run_cfg = train.load_trained(paths.run_dir(args.profile, args.variant))
-    sched = schedule.model_scheduler(model, run_cfg.diffusion)
+    model, run_cfg = train.load_trained(args.run_dir or paths.run_dir(args.profile, args.variant))
+    cfg = dataclasses.replace(config.get_config(args.profile), diffusion=run_cfg.diffusion)
     meta = prepare.load_prepared(args.profile, args.dataset)
-    train_df, test_df = meta[meta["split"] == "train"], meta[meta["split"] == "test"]
-    plan = balance.plan_quota(train_df, "per_cell", per_cell=args.per_cell, max_ratio=None)
-    print(f"load average {os.getloadavg()[0]:.2f} · {args.variant} ({args.profile}) · "
-          f"{plan['n_synthetic'].sum()} images per sampler · guidance {cfg.sampling.guidance}")
-    rows, feats = [], {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, steps in SAMPLERS:
-            t0 = time.perf_counter()
-            df = sample.generate_to_disk(model, sched, plan, Path(tmp) / name, variant=args.variant,
-                                         fst_cond=run_cfg.diffusion.fst_cond, model_id="benchmark",
-                                         size=run_cfg.diffusion.image_size, steps=steps,
-                                         guidance=cfg.sampling.guidance, sampler=name, seed=0,
-                                         batch_size=cfg.sampling.batch_size, progress=False)
-            sec = time.perf_counter() - t0
-            feats[name] = image.image_features(df["image_path"].tolist(), cache=False)
-            rows.append({"sampler": f"{name}-{steps}", "images": len(df), "seconds": sec,
-                         "images/s": len(df) / sec})
-    real = balance.per_cell_subset(test_df, args.per_cell, seed=0)
-    real_feats = image.image_features(real["image_path"].tolist())
-    n = min(len(real_feats), *(len(f) for f in feats.values()))
-    for row, f in zip(rows, feats.values(), strict=True):
-        boot = image.kid_bootstrap(real_feats[:n], f[:n], n_boot=500)
-        row |= {"KID to real": float(image.kid_subsets(real_feats[:n], f[:n]).mean()),
-                "CI low": float(np.percentile(boot, 2.5)), "CI high": float(np.percentile(boot, 97.5))}
-    table = pd.DataFrame(rows).set_index("sampler")
+    judges = validate.Judges.build(meta, run_cfg.diffusion.image_size)
+    samplers = [(s.split(":")[0], int(s.split(":")[1])) for s in args.samplers.split(",")]
+    for name, _ in samplers:
+        if name not in sample.SAMPLERS:
+            raise SystemExit(f"unknown sampler {name!r}; choose from {list(sample.SAMPLERS)}")
+    print(f"load average {os.getloadavg()[0]:.2f} · {args.variant} ({args.profile}) · {args.per_cell * 24} images "
+          f"per sampler · guidance {cfg.sampling.guidance} · batch {cfg.sampling.batch_size} · "
+          f"{len(judges.real_feats)} real validation images")
+    rows = []
+    for name, steps in samplers:
+        row = validate.score(model, cfg, judges, args.per_cell, sampler=name, steps=steps)
+        rows.append(row | {"load": os.getloadavg()[0]})
+        print(f"  {row['sampler']}: {row['images_per_s']:.2f} img/s, KID {row['kid']:.4f}", flush=True)
+    cols = ["sampler", "n", "images_per_s", "kid", "kid_low", "kid_high", "fst_ita", "fst_auditor", "lesion", "load"]
+    table = pd.DataFrame(rows)[cols].set_index("sampler")
     print(table.to_string(float_format=lambda v: f"{v:.4g}"))
-    between = image.kid_subsets(feats["ddim"], feats["dpmpp"]).mean()
-    print(f"KID(ddim-50, dpmpp-20) = {between:.4g}  (n={n} real reference images)")
-    fast, slow = table.iloc[1], table.iloc[0]
-    verdict = "not worse" if fast["KID to real"] <= slow["CI high"] else "WORSE"
-    print(f"speed-up {fast['images/s'] / slow['images/s']:.2f}x; dpmpp-20 is {verdict} than ddim-50's CI")
+    ref = table.iloc[0]
+    for name, row in table.iloc[1:].iterrows():
+        ok = (row["kid"] <= ref["kid_high"] and row["fst_ita"] >= ref["fst_ita"] - 0.02
+              and row["fst_auditor"] >= ref["fst_auditor"] - 0.02 and row["lesion"] >= ref["lesion"] - 0.02)
+        print(f"{name}: {row['images_per_s'] / ref['images_per_s']:.2f}x the images/s of {table.index[0]}; "
+              f"{'not worse' if ok else 'WORSE'} (KID vs its CI high {ref['kid_high']:.4f}, adherences within 0.02)")
+    if args.batch_sizes:
+        name, steps = samplers[0]
+        fst, lesion = sample.grid_requests(args.per_cell)
+        sched = schedule.model_scheduler(model, run_cfg.diffusion)
+        for bs in [int(b) for b in args.batch_sizes.split(",")]:
+            t0 = time.perf_counter()
+            sample.sample(model, sched, fst if run_cfg.diffusion.fst_cond else None, lesion,
+                          size=run_cfg.diffusion.image_size, steps=steps, guidance=cfg.sampling.guidance,
+                          sampler=name, seed=1, batch_size=bs)
+            print(f"batch {bs:>4}: {len(fst) / (time.perf_counter() - t0):.2f} img/s ({name}-{steps})")
 
 
 if __name__ == "__main__":

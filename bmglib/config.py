@@ -95,8 +95,13 @@ class DiffusionConfig:
     lr_schedule: str = "constant"  # constant | cosine (decay to 0 after warm-up)
     grad_accum: int = 1  # batches accumulated per optimiser step
     fg_weight: float = 0.0  # denoising loss weight 1 + fg_weight·(colour distance from the skin)
+    loss_weighting: str = "none"  # none | min_snr: per-timestep weight min(SNR, γ)/(SNR+1) for v, /SNR
+    # for ε (Min-SNR-γ, Hang et al. ICCV 2023): caps the weight of the low-noise timesteps
+    min_snr_gamma: float = 5.0  # γ of min_snr
     mixed_precision: str = "no"  # no | fp16 | bf16 (where the device supports it)
-    ema_decay: float = 0.995  # of the EMA weights that are saved and sampled
+    ema_decay: float = 0.995  # of the EMA weights that are saved and sampled (the largest decay)
+    ema_power: float = 0.0  # EMA decay at step k = min(ema_decay, ·): 0 → (1 + k)/(10 + k), diffusers'
+    # EMAModel default; > 0 → 1 − (1 + k)^−power (its use_ema_warmup; 2/3 in its docs: a longer memory)
     p_drop: float = 0.1  # label → null token probability (classifier-free guidance)
     fst_cond: bool = True  # condition on FST (False: lesion only)
     alpha: float = 1.0  # resampling: weight ∝ n_cell^-alpha (0 natural, 1 balanced)
@@ -121,7 +126,7 @@ class DiffusionConfig:
 class SamplingConfig:
     """Drawing synthetic sets from a trained variant (03) and the balanced evaluation sets (04)."""
 
-    sampler: str = "dpmpp"  # ddim | dpmpp (DPM-Solver++)
+    sampler: str = "dpmpp"  # ddim | dpmpp (DPM-Solver++ 2M) | dpmpp_karras (Karras sigmas) | unipc
     steps: int = 20  # sampler steps per image
     guidance: float = 0.5  # classifier-free guidance w: cond + w·(cond − uncond)
     batch_size: int = 64  # images per sampler batch
@@ -159,8 +164,10 @@ class ImageMetricsConfig:
 
 #: downstream architectures (torchvision blocks in ``bmglib.downstream.ARCHS``)
 DOWNSTREAM_ARCHS = ("resnet18", "resnet50")
+#: per-timestep weightings of the denoising loss (``bmglib.diffusion.losses.timestep_weight``)
+LOSS_WEIGHTINGS = ("none", "min_snr")
 #: rules for the melanoma decision threshold (``bmglib.downstream.choose_threshold``)
-THRESHOLDS = ("fixed", "val_youden")
+THRESHOLDS = ("fixed", "val_youden", "val_sensitivity")
 
 
 @dataclass
@@ -185,6 +192,8 @@ class DownstreamConfig:
     weight_decay: float = 5e-4  # AdamW
     pos_fraction: float = 0.25  # share of melanomas in every epoch (pos_weight = (1 − q) / q), in (0, 1)
     threshold: str = "fixed"  # fixed: p ≥ 0.5 | val_youden: max sensitivity + specificity on val
+    # | val_sensitivity: the largest val p reaching target_sensitivity on val
+    target_sensitivity: float = 0.90  # val_sensitivity: the overall sensitivity the validation threshold reaches
     seeds: int = 3  # training seeds seed, seed+1, ...
     seed: int = 0
     n_boot: int = 1000  # bootstrap resamples for the CIs of evaluate_arms
@@ -347,7 +356,8 @@ def _reject(key: str, value: Any, allowed: str) -> None:
 
 def check(cfg: Config) -> None:
     """The section rules beyond types, run after all overrides (a ``ConfigError`` naming the key):
-    ``downstream`` arch, threshold and ``0 < pos_fraction < 1``; ``vae`` image size and sweep."""
+    ``downstream`` arch, threshold, ``0 < pos_fraction < 1`` and ``0 < target_sensitivity <= 1``; ``vae`` image
+    size and sweep."""
     d, v = cfg.downstream, cfg.vae
     if d.arch not in DOWNSTREAM_ARCHS:
         _reject("downstream.arch", d.arch, f"one of {list(DOWNSTREAM_ARCHS)}")
@@ -355,6 +365,14 @@ def check(cfg: Config) -> None:
         _reject("downstream.threshold", d.threshold, f"one of {list(THRESHOLDS)}")
     if not 0 < d.pos_fraction < 1:
         _reject("downstream.pos_fraction", d.pos_fraction, "in (0, 1)")
+    if not 0 < d.target_sensitivity <= 1:
+        _reject("downstream.target_sensitivity", d.target_sensitivity, "in (0, 1]")
+    if cfg.diffusion.loss_weighting not in LOSS_WEIGHTINGS:
+        _reject("diffusion.loss_weighting", cfg.diffusion.loss_weighting, f"one of {list(LOSS_WEIGHTINGS)}")
+    if cfg.diffusion.min_snr_gamma <= 0:
+        _reject("diffusion.min_snr_gamma", cfg.diffusion.min_snr_gamma, "> 0")
+    if cfg.diffusion.ema_power < 0:
+        _reject("diffusion.ema_power", cfg.diffusion.ema_power, ">= 0 (0: diffusers' default warm-up)")
     if v.image_size < 8 or v.image_size & (v.image_size - 1):
         _reject("vae.image_size", v.image_size, "a power of two >= 8")
     if not v.sweep or not all(0 <= s <= 1 for s in v.sweep):
@@ -410,7 +428,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 #: keys added after configs were first stored, each with the value an older stored config (which
 #: lacks it) was run with. ``from_dict`` fills them in, so that a changed default cannot pass an old
 #: artifact off as one made with the new setting.
-LEGACY: dict[str, Any] = {"diffusion.fair_target": "requested"}
+LEGACY: dict[str, Any] = {"diffusion.fair_target": "requested", "diffusion.loss_weighting": "none",
+                          "diffusion.ema_power": 0.0}
 
 
 def from_dict(raw: dict[str, Any]) -> Config:

@@ -296,18 +296,32 @@ def load_images(df: pd.DataFrame, size: int, progress: bool = True) -> torch.Ten
     return torch.stack([fresh[k] if k in fresh else _PIXELS[k] for k in keys])
 
 
-def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, rule: str = "fixed") -> float:
-    """The melanoma decision threshold: ``fixed`` 0.5 (the balanced-error decision under the
-    class-balanced loss); ``val_youden`` the validation p maximising sensitivity + specificity
-    (never chosen on the test split). ``p_val``: (N,) in [0, 1]."""
+def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, rule: str = "fixed",
+                     target_sensitivity: float = 0.90) -> float:
+    """The melanoma decision threshold, from the validation split only (it takes no test data):
+    ``fixed`` 0.5 (the balanced-error decision under the class-balanced loss); ``val_youden`` the
+    validation p maximising sensitivity + specificity; ``val_sensitivity`` the largest validation p
+    ``t`` whose validation sensitivity mean(p_val[y_val == 1] >= t) is >= ``target_sensitivity``
+    (in (0, 1]; the operating point a screening protocol fixes in advance). ``y_val``: (N,) {0, 1};
+    ``p_val``: (N,) in [0, 1]. The decision is ``p >= threshold``."""
     if rule == "fixed":
         return 0.5
-    if rule != "val_youden":
+    if rule not in ("val_youden", "val_sensitivity"):
         raise ValueError(f"threshold rule must be one of {config.THRESHOLDS}, got {rule!r}")
     y_val, p_val = np.asarray(y_val, int), np.asarray(p_val, float)
+    if y_val.shape != p_val.shape or y_val.ndim != 1:
+        raise ValueError(f"choose_threshold: y_val {y_val.shape} and p_val {p_val.shape} must be equal (N,) shapes")
     cands = np.unique(p_val)
-    j = [np.mean(p_val[y_val == 1] >= t) + np.mean(p_val[y_val == 0] < t) for t in cands]
-    return float(cands[int(np.argmax(j))])
+    if rule == "val_youden":
+        j = [np.mean(p_val[y_val == 1] >= t) + np.mean(p_val[y_val == 0] < t) for t in cands]
+        return float(cands[int(np.argmax(j))])
+    if not 0 < target_sensitivity <= 1:
+        raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity!r}")
+    pos = np.sort(p_val[y_val == 1])
+    if not len(pos):
+        raise ValueError("choose_threshold: y_val has no melanomas; val_sensitivity needs some")
+    sens = (len(pos) - np.searchsorted(pos, cands, side="left")) / len(pos)  # mean(pos >= t), per t
+    return float(cands[sens >= target_sensitivity].max())  # sens falls with t; t = min(pos) reaches 1
 
 
 @dataclass
@@ -375,7 +389,7 @@ def run_arm(arm: str, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df: pd.
     res = fit(x["train"], y["train"], x["val"], y["val"], cfg, seed, out / "checkpoints", key,
               callbacks, progress, desc=f"{arm} seed {seed}")
     p_val, p_test = (1 / (1 + np.exp(-predict_logits(res.model, x[k]))) for k in ("val", "test"))
-    threshold = choose_threshold(y["val"], p_val, cfg.threshold)
+    threshold = choose_threshold(y["val"], p_val, cfg.threshold, target_sensitivity=cfg.target_sensitivity)
     preds = test_df[list(TABLE_COLUMNS)].reset_index(drop=True).assign(
         y_true=y["test"], p_melanoma=p_test, y_pred=(p_test >= threshold).astype(int),
         arm=arm, seed=seed)

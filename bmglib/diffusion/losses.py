@@ -36,15 +36,40 @@ from diffusers import DDPMScheduler
 from bmglib import config
 
 
-def denoising_loss(pred: torch.Tensor, target: torch.Tensor,
-                   weight: torch.Tensor | None = None) -> torch.Tensor:
+def denoising_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                   t_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error between the model output and its target (v or ε), a scalar.
 
-    ``weight``: optional (B, 1, H, W) per-pixel weights (see :func:`foreground_weight`).
+    ``weight``: optional (B, 1, H, W) per-pixel weights (see :func:`foreground_weight`);
+    ``t_weight``: optional (B,) per-sample weights of their timesteps (:func:`timestep_weight`).
     """
+    if t_weight is not None:
+        weight = t_weight.view(-1, 1, 1, 1) * (1.0 if weight is None else weight / weight.mean())
+        return ((pred - target) ** 2 * weight).mean()
     if weight is None:
         return torch.nn.functional.mse_loss(pred, target)
     return ((pred - target) ** 2 * weight).mean() / weight.mean()
+
+
+def timestep_weight(scheduler: DDPMScheduler, t: torch.Tensor, kind: str, gamma: float = 5.0) -> torch.Tensor | None:
+    """(B,) loss weights of timesteps ``t`` (None for ``"none"``).
+
+    ``min_snr`` (Min-SNR-γ, Hang et al., ICCV 2023): the x0-space error ‖x0 − x̂0‖² weighted by
+    min(SNR_t, γ). Since ‖ε − ε̂‖² = SNR_t · ‖x0 − x̂0‖² and ‖v − v̂‖² = (SNR_t + 1) · ‖x0 − x̂0‖²,
+    that is min(SNR_t, γ) / SNR_t on the ε loss and min(SNR_t, γ) / (SNR_t + 1) on the v loss.
+    Low-noise timesteps (large SNR), whose gradients conflict with the rest, are capped; γ = 5 is
+    the paper's default.
+    """
+    if kind == "none":
+        return None
+    if kind != "min_snr":
+        raise ValueError(f"diffusion.loss_weighting must be one of {config.LOSS_WEIGHTINGS}, got {kind!r}")
+    abar = scheduler.alphas_cumprod.to(t.device)[t]
+    snr = abar / (1 - abar)
+    capped = snr.clamp(max=gamma)
+    if scheduler.config.prediction_type == "v_prediction":
+        return capped / (snr + 1)
+    return capped / snr
 
 
 def foreground_weight(x0: torch.Tensor, strength: float) -> torch.Tensor:
@@ -188,7 +213,8 @@ def training_losses(model: torch.nn.Module, scheduler: DDPMScheduler, x0: torch.
     x_t = scheduler.add_noise(x0, noise, t)
     out = model(x_t, t, fst.to(device), lesion.to(device), drop_f, drop_l)
     weight = foreground_weight(x0, d.fg_weight) if d.fg_weight > 0 and encode is None else None
-    den = denoising_loss(out, training_target(scheduler, x0, noise, t), weight)
+    t_weight = timestep_weight(scheduler, t, d.loss_weighting, d.min_snr_gamma)
+    den = denoising_loss(out, training_target(scheduler, x0, noise, t), weight, t_weight)
     fst_req = torch.where(drop_f, torch.zeros_like(fst), fst).to(device)
     fair = _fair_terms(out, x_t, t, fst_req, d, scheduler, estimator, decode, fair_factor)
     if fair is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -26,7 +26,13 @@ from bmglib.data import schema
 from bmglib.data.images import LESION_INDEX
 from bmglib.data.synthetic import LESION_LABELS
 
-SAMPLERS = {"ddim": DDIMScheduler, "dpmpp": DPMSolverMultistepScheduler}
+#: sampler name → (diffusers scheduler, its settings beyond the training schedule's config):
+#: DDIM; DPM-Solver++ (2M) on the training timesteps; DPM-Solver++ 2M with Karras et al.'s sigma
+#: spacing (for Stable Diffusion's schedule: on the CPU UNet's cosine schedule, whose σ_max is huge,
+#: it puts 10 steps at t = 998, 998, 998, 998, 997, 995, 983, 894, 259, 0); UniPC (bh2, Zhao et al. 2023)
+SAMPLERS = {"ddim": (DDIMScheduler, {}), "dpmpp": (DPMSolverMultistepScheduler, {}),
+            "dpmpp_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+            "unipc": (UniPCMultistepScheduler, {})}
 
 
 @torch.no_grad()
@@ -47,7 +53,8 @@ def sample(model: torch.nn.Module, train_scheduler, fst: torch.Tensor | None, le
         raise ValueError("give fst and/or lesion labels, or n for unconditional samples")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
-    sched = SAMPLERS[sampler].from_config(train_scheduler.config)
+    cls, extra = SAMPLERS[sampler]
+    sched = cls.from_config(train_scheduler.config, **extra)
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     out = []
@@ -57,6 +64,8 @@ def sample(model: torch.nn.Module, train_scheduler, fst: torch.Tensor | None, le
         b = min(batch_size, total - i)
         x = torch.randn((b, 3, size, size), generator=gen).to(device)
         sched.set_timesteps(steps)
+        if hasattr(sched, "set_begin_index"):  # Karras sigmas can repeat the first timestep, and the
+            sched.set_begin_index(0)            # index lookup would then start at the second one
         for t in sched.timesteps:
             tt = torch.full((b,), int(t), device=device, dtype=torch.long)
             cond = model(x, tt, f, les)

@@ -165,7 +165,7 @@ def train_diffusion(cfg: config.Config, train_df: pd.DataFrame, out_dir: str | P
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=d.lr, weight_decay=1e-4)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: schedule.lr_factor(s, d))
-    ema = EMAModel(params, decay=d.ema_decay)
+    ema = EMAModel(params, decay=d.ema_decay, use_ema_warmup=d.ema_power > 0, power=d.ema_power or 2 / 3)
     gen = torch.Generator().manual_seed(d.seed)
     stream = BatchStream(train_df, d, progress)
     start, log_rows = 0, []

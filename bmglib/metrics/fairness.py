@@ -140,6 +140,29 @@ def auc(y_true, y_score) -> float:
 SCORE_METRICS: dict[str, ScoreMetric] = {"auc": auc}
 
 
+def es_auc(y_true, y_score, groups) -> dict:
+    """Equity-scaled AUC (FairDiffusion, Luo et al. 2024): ES-AUC = AUC_overall / (1 + Σ_g |AUC_g −
+    AUC_overall|), threshold-free; equals AUC_overall when every group's AUC does, and falls as
+    the groups' AUCs spread around it.
+
+    ``y_true`` (N,) {0, 1}; ``y_score`` (N,) any real (``p_melanoma``); ``groups`` (N,) labels (e.g.
+    ``"I-III"``/``"IV-VI"`` of ``schema.fst_group``, or FST 1..6). Returns ``{"auc_overall",
+    "auc_<g>" for every group g in sorted order, "es_auc"}`` (:func:`auc`); NaN where a group has
+    one class only (and then ``es_auc`` too). A point estimate: its CI over images and seeds comes
+    from ``bmglib.metrics.hierarchical`` (``es_auc`` there, on the FST groups)."""
+    y_true, y_score, groups = np.asarray(y_true), np.asarray(y_score, dtype=float), np.asarray(groups)
+    if not y_true.shape == y_score.shape == groups.shape or y_true.ndim != 1:
+        raise ValueError(f"es_auc: y_true {y_true.shape}, y_score {y_score.shape} and groups {groups.shape} "
+                         "must be equal (N,) shapes")
+    overall = auc(y_true, y_score)
+    out = {"auc_overall": overall}
+    for g in sorted(pd.unique(groups)):
+        out[f"auc_{g}"] = auc(y_true[groups == g], y_score[groups == g])
+    spread = sum(abs(v - overall) for k, v in out.items() if k != "auc_overall")
+    out["es_auc"] = float(overall / (1 + spread))
+    return out
+
+
 def _frame(y_true, values, groups, metrics) -> pd.DataFrame:
     """fairlearn ``MetricFrame`` by group plus an ``overall`` row (index: group, columns: metric)."""
     mf = MetricFrame(metrics=metrics, y_true=y_true, y_pred=values, sensitive_features=groups)

@@ -24,8 +24,10 @@ FID is biased upwards at small N, so FIDs are comparable only at the same N: eve
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import io
 import os
 import platform
 import tempfile
@@ -507,3 +509,66 @@ def equal_n(*fst_columns) -> int:
     in any of the given FST arrays (each e.g. a manifest's ``fitzpatrick_scale``)."""
     counts = [np.bincount(np.asarray(f, dtype=np.int64).clip(0), minlength=7)[1:7] for f in fst_columns]
     return int(min(c.min() for c in counts)) if counts else 0
+
+
+# --- precision, recall, density, coverage --------------------------------------------------------
+
+
+def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict:
+    """Precision, recall, density and coverage (Naeem et al. 2020) of ``fake`` (M, D) against
+    ``real`` (N, D) features, through the ``prdc==0.2`` package (``compute_prdc``; its print is
+    silenced). k-NN balls: radius = distance to the k-th nearest neighbour within the same set.
+    Precision = share of fakes inside some real ball (fidelity); recall = share of reals inside
+    some fake ball (diversity); density = mean number of real balls holding a fake / k (≈ 1 when
+    the sets are alike, unbounded); coverage = share of real balls holding at least one fake.
+    Needs more than k points in each set."""
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"prdc: real {real.shape} and fake {fake.shape} must be (N, D) and (M, D)")
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"prdc: k={k} needs more than k points per set, got {len(real)} real, {len(fake)} fake")
+    try:
+        from prdc import compute_prdc
+    except ImportError as e:  # a dependency of the package (pyproject); an old venv may lack it
+        raise ImportError("prdc: pip install --no-deps prdc==0.2") from e
+    with contextlib.redirect_stdout(io.StringIO()):
+        out = compute_prdc(real, fake, nearest_k=k)
+    return {name: float(out[name]) for name in ("precision", "recall", "density", "coverage")}
+
+
+def prdc_per_group(real_feats: np.ndarray, real_fst, synth_feats: np.ndarray, synth_fst, k: int = 5,
+                   n: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """:func:`prdc` per FST group (``I-III``, ``IV-VI``) and per FST (I..VI) at **equal N within
+    each level**, as :func:`group_image_metrics` (real **test** features as the reference).
+
+    ``real_feats`` (N_r, D), ``synth_feats`` (N_s, D); ``real_fst``/``synth_fst`` (N_r,)/(N_s,) ints
+    in 1..6. Each group is compared on ``n_used`` real and ``n_used`` synthetic images drawn without
+    replacement with ``seed``: ``n_used`` = the smallest min(n_real, n_synth) of the level's groups
+    that have more than ``k`` (or the given ``n`` for every level, e.g. equal across model
+    variants); groups with fewer get NaN and ``n_used`` 0. PRDC depends on N (the k-NN radii
+    shrink as N grows), so compare rows only at the same ``n_used`` and ``k``. Rows: ``level``
+    fst_group | fst, ``group``; columns n_real, n_synth, n_used, k, precision, recall, density,
+    coverage."""
+    real_feats, synth_feats = np.asarray(real_feats), np.asarray(synth_feats)
+    rfst = _fst_array(real_fst, len(real_feats), "real_fst")
+    sfst = _fst_array(synth_fst, len(synth_feats), "synth_fst")
+    rgrp = np.array([schema.fst_group(f) for f in rfst])
+    sgrp = np.array([schema.fst_group(f) for f in sfst])
+    levels = {"fst_group": {g: (rgrp == g, sgrp == g) for g in schema.FST_GROUPS},
+              "fst": {schema.FST_ROMAN[f]: (rfst == f, sfst == f) for f in schema.FST_LEVELS}}
+    rows = []
+    for lvl, groups in levels.items():
+        avail = {g: int(min(r.sum(), s.sum())) for g, (r, s) in groups.items()}
+        n_lvl = n if n is not None else min([a for a in avail.values() if a > k], default=0)
+        for g, (r, s) in groups.items():
+            row = {"level": lvl, "group": g, "n_real": int(r.sum()), "n_synth": int(s.sum()), "k": k}
+            ok = n_lvl > k and avail[g] >= n_lvl
+            row["n_used"] = n_lvl if ok else 0
+            if ok:
+                rng = np.random.default_rng(seed)
+                ri = np.sort(rng.choice(np.flatnonzero(r), n_lvl, replace=False))
+                si = np.sort(rng.choice(np.flatnonzero(s), n_lvl, replace=False))
+                row |= prdc(real_feats[ri], synth_feats[si], k)
+            rows.append(row)
+    return pd.DataFrame(rows).reindex(columns=["level", "group", "n_real", "n_synth", "n_used", "k",
+                                               "precision", "recall", "density", "coverage"])

@@ -1,0 +1,244 @@
+"""Quality per CPU-second of diffusion training recipes: validation measures against step time.
+
+    python benchmarks/convergence.py [--profile quick] [--variant bmg] [--recipes before,after]
+                                     [--evals 4] [--per-cell 20] [--seeds 0] [--extra-seeds 1]
+
+For each recipe (a named set of config overrides, :data:`RECIPES`) the variant is trained on the
+prepared profile (notebook 01 / ``python -m bmglib.data.prepare``) and its EMA weights are kept at
+``--evals`` evenly spaced steps. Every kept model is scored with the validation protocol of
+:mod:`bmglib.diffusion.validate` (KID to real validation images with a 95% CI, FST adherence by ITA
+and by the auditor CNN, lesion adherence, validation denoising loss; training and validation splits
+only). The x axis is the *step time* (the sum of the logged per-step seconds up to that step, the
+same measure as notebook 02's "training time"), so evaluation and checkpointing do not count.
+``--extra-seeds`` trains the recipes again at other seeds and scores only their final models (the
+seed spread of the end point).
+
+Prints one table (recipe, seed, step, seconds, measures) and the step-time ratio at which the last
+recipe first reaches the first recipe's final quality, and writes
+``benchmarks/results/convergence_<profile>_<variant>.csv`` and ``docs/figures/convergence_<profile>.png``.
+Runs resume: trained recipes and scored models are read back. Recipes run one after another, so
+keep the machine otherwise idle (the load average is printed per row); every recipe's time is
+measured in the same run, so their ratio survives a slower or faster machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from diffusers.training_utils import EMAModel  # noqa: E402
+
+from bmglib import config, paths, skintone  # noqa: E402
+from bmglib.data import prepare  # noqa: E402
+from bmglib.diffusion import train, validate  # noqa: E402
+
+#: the recipes compared; each is complete (it names every setting that differs between them), so
+#: the table keeps its meaning when the profile's defaults change
+RECIPES: dict[str, dict] = {
+    # quick's recipe until issue 14: 1,200 steps at a constant LR, unweighted v-loss
+    "before": {"diffusion.steps": 1200, "diffusion.lr": 1e-3, "diffusion.lr_schedule": "constant",
+               "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "none", "diffusion.ema_power": 0.0},
+    # Min-SNR-5 weighting, twice the peak LR, cosine decay to 0 over a third of the steps
+    "after": {"diffusion.steps": 400, "diffusion.lr": 2e-3, "diffusion.lr_schedule": "cosine",
+              "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "min_snr", "diffusion.ema_power": 0.0},
+    # the same without Min-SNR (the LR schedule alone), over a third and over half of the steps
+    "cosine400": {"diffusion.steps": 400, "diffusion.lr": 2e-3, "diffusion.lr_schedule": "cosine",
+                  "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "none", "diffusion.ema_power": 0.0},
+    "cosine600": {"diffusion.steps": 600, "diffusion.lr": 2e-3, "diffusion.lr_schedule": "cosine",
+                  "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "none", "diffusion.ema_power": 0.0},
+}
+MEASURES = ("kid", "lesion", "fst_ita", "fst_auditor")
+
+
+def _root(profile: str, variant: str) -> Path:
+    return paths.data_root() / "benchmarks" / "convergence" / profile / variant
+
+
+def _run_id(cfg: config.Config, meta: pd.DataFrame) -> str:
+    """What a run's weights depend on (not how often it checkpoints), as a short key."""
+    identity = train.model_identity(cfg)
+    identity["diffusion"] = {k: v for k, v in identity["diffusion"].items() if k != "checkpoint_every"}
+    return config.cache_key(**identity, meta=config.hash_table(meta))
+
+
+def _snapshot_ema(run_dir: Path, steps: set[int]):
+    """A training callback that copies the EMA weights of the checkpoint at each step in ``steps``
+    to ``run_dir/snapshots/step_N.pt`` (the checkpoint is written before callbacks run)."""
+    def cb(step: int, logs: dict) -> None:
+        if step in steps:
+            ck = run_dir / "checkpoints" / f"step_{step:07d}"
+            (run_dir / "snapshots").mkdir(parents=True, exist_ok=True)
+            shutil.copy(ck / "state.pt", run_dir / "snapshots" / f"step_{step:07d}.pt")
+    return cb
+
+
+def _ema_model(cfg: config.Config, snapshot: Path) -> torch.nn.Module:
+    model = train.build_model(cfg.diffusion)
+    params = [p for p in model.parameters() if p.requires_grad]
+    ema = EMAModel(params, decay=cfg.diffusion.ema_decay)
+    ema.load_state_dict(torch.load(snapshot, weights_only=False)["ema"])
+    ema.copy_to(params)
+    return model.eval()
+
+
+def run_recipe(name: str, cfg: config.Config, meta: pd.DataFrame, eval_steps: list[int], judges, per_cell: int,
+               done: pd.DataFrame) -> list[dict]:
+    """Train (or resume) one recipe at ``cfg``'s seed and score the snapshots not yet in ``done``."""
+    d = cfg.diffusion
+    run_id = _run_id(cfg, meta)
+    run_dir = _root(cfg.profile, d.variant) / f"{name}_seed{d.seed}_{run_id}"
+    train_df = meta[meta["split"] == "train"].reset_index(drop=True)
+    val_df = meta[meta["split"] == "val"].reset_index(drop=True)
+    est = None
+    if d.lambda_kl > 0 or d.lambda_ce > 0:
+        est, _ = skintone.get_fst_estimator(d.estimator, train_df, val_df, d.image_size, d.estimator_epochs, d.seed)
+    if not (run_dir / "final" / "model.safetensors").exists():
+        train.train_diffusion(cfg, train_df, run_dir, estimator=est, callbacks=(_snapshot_ema(run_dir, set(eval_steps)),))
+    log = pd.read_csv(run_dir / "log.csv")
+    seconds = log.set_index("step")["seconds"].cumsum()
+    rows = []
+    for step in eval_steps:
+        if ((done["run_id"] == run_id) & (done["step"] == step)).any():
+            continue
+        model = _ema_model(cfg, run_dir / "snapshots" / f"step_{step:07d}.pt")
+        row = {"recipe": name, "seed": d.seed, "run_id": run_id, "step": step, "seconds": float(seconds[step]),
+               "load": os.getloadavg()[0], **validate.score(model, cfg, judges, per_cell)}
+        print(_fmt(pd.DataFrame([row])), flush=True)
+        rows.append(row)
+    return rows
+
+
+def with_median_seconds(table: pd.DataFrame, profile: str, variant: str) -> pd.DataFrame:
+    """``seconds_median``: step × the median step time up to that step, from each run's log — robust
+    to a few steps slowed by another process (the sum, ``seconds``, is not)."""
+    def median(row):
+        log = pd.read_csv(_root(profile, variant) / f"{row['recipe']}_seed{row['seed']}_{row['run_id']}" / "log.csv")
+        return float(log.loc[log["step"] <= row["step"], "seconds"].median() * row["step"])
+    table["seconds_median"] = table.apply(median, axis=1)
+    return table
+
+
+def _fmt(table: pd.DataFrame) -> str:
+    cols = ["recipe", "seed", "step", "seconds", *(["seconds_median"] if "seconds_median" in table else []), "kid", "kid_low", "kid_high", "fst_ita", "fst_ita_V",
+            "fst_auditor", "lesion", "val_loss", "images_per_s", "load"]
+    return table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+def first_reaching(table: pd.DataFrame, recipe: str, target: pd.Series) -> pd.Series | None:
+    """The earliest seed-0 row of ``recipe`` at least as good as ``target`` on every measure of
+    :data:`MEASURES` (KID: not above it; the adherences: not below), or None."""
+    rows = table[(table["recipe"] == recipe) & (table["seed"] == table["seed"].min())].sort_values("seconds")
+    ok = (rows["kid"] <= target["kid"]) & (rows["lesion"] >= target["lesion"]) & \
+         (rows["fst_ita"] >= target["fst_ita"]) & (rows["fst_auditor"] >= target["fst_auditor"])
+    return rows[ok].iloc[0] if ok.any() else None
+
+
+def plot(table: pd.DataFrame, title: str, save_to: Path) -> None:
+    """Quality against step time, one line per recipe (seed-0 curve; other seeds as points)."""
+    panels = (("kid", "KID to real val (95% CI) ↓"), ("lesion", "lesion adherence ↑"),
+              ("fst_ita", "FST adherence, ITA ↑"), ("fst_auditor", "FST adherence, auditor CNN ↑"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    seed0 = table["seed"].min()
+    for k, (recipe, g) in enumerate(table.groupby("recipe", sort=False)):
+        color = f"C{k}"
+        curve, extra = g[g["seed"] == seed0].sort_values("seconds"), g[g["seed"] != seed0]
+        for ax, (col, label) in zip(axes, panels, strict=True):
+            ax.plot(curve["seconds"], curve[col], "o-", color=color, label=recipe)
+            if col == "kid":
+                ax.fill_between(curve["seconds"], curve["kid_low"], curve["kid_high"], color=color, alpha=0.2)
+            if len(extra):
+                ax.plot(extra["seconds"], extra[col], "x", color=color, ms=8, label=f"{recipe}, other seeds")
+            ax.set_title(label, fontsize=10)
+            ax.set_xlabel("step time (s)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_to.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(save_to, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="quick")
+    ap.add_argument("--variant", default="bmg")
+    ap.add_argument("--dataset", default="synthetic")
+    ap.add_argument("--recipes", default="before,after", help=f"comma-separated, from {list(RECIPES)}")
+    ap.add_argument("--evals", type=int, default=4, help="scored models per recipe, evenly spaced in steps")
+    ap.add_argument("--per-cell", type=int, default=20, help="samples per FST × lesion cell per score")
+    ap.add_argument("--seeds", default="0", help="seeds whose curves are scored")
+    ap.add_argument("--extra-seeds", default="", help="seeds whose final models only are scored")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every recipe")
+    args = ap.parse_args()
+    names = args.recipes.split(",")
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise SystemExit(f"unknown recipe(s) {unknown}; choose from {list(RECIPES)}")
+    common = {k: _literal(v) for k, _, v in (s.partition("=") for s in args.set)}
+    meta = prepare.load_prepared(args.profile, args.dataset)
+    base = config.get_config(args.profile)
+    out_csv = paths.BENCHMARKS / "results" / f"convergence_{args.profile}_{args.variant}.csv"
+    done = pd.read_csv(out_csv) if out_csv.exists() else pd.DataFrame(columns=["recipe", "seed", "run_id", "step"])
+    judges = validate.Judges.build(meta, base.diffusion.image_size, progress=True)
+    print(f"load average {os.getloadavg()[0]:.2f} · {args.variant} ({args.profile}) · {args.per_cell * 24} samples "
+          f"per score · KID reference: {len(judges.real_feats)} real validation images")
+    rows, run_ids = [], []
+    plan = [(s, True) for s in _ints(args.seeds)] + [(s, False) for s in _ints(args.extra_seeds)]
+    for seed, curve in plan:
+        for name in names:
+            cfg = config.with_variant(config.apply_overrides(base, {**RECIPES[name], **common,
+                                                                     "diffusion.seed": seed}), args.variant)
+            steps = cfg.diffusion.steps
+            eval_steps = [round(steps * (i + 1) / args.evals) for i in range(args.evals)] if curve else [steps]
+            cfg = config.apply_overrides(cfg, {"diffusion.checkpoint_every": math.gcd(*eval_steps)})
+            run_ids.append(_run_id(cfg, meta))
+            rows += run_recipe(name, cfg, meta, eval_steps, judges, args.per_cell, done)
+            table = pd.concat([done, pd.DataFrame(rows)], ignore_index=True)
+            out_csv.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(out_csv, index=False)
+    table = with_median_seconds(table[table["run_id"].isin(run_ids)].copy(), args.profile, args.variant)
+    print("\n" + _fmt(table.sort_values(["recipe", "seed", "step"], key=_recipe_order(names))))
+    ref = table[(table["recipe"] == names[0]) & (table["seed"] == _ints(args.seeds)[0])].sort_values("step").iloc[-1]
+    for name in names[1:]:
+        hit = first_reaching(table, name, ref)
+        if hit is None:
+            print(f"{name} does not reach {names[0]}'s final quality (step {ref['step']}, {ref['seconds']:.0f} s) "
+                  f"on every measure within its steps")
+        else:
+            print(f"{name} reaches {names[0]}'s final quality at step {hit['step']}: {hit['seconds']:.0f} s vs "
+                  f"{ref['seconds']:.0f} s = {hit['seconds'] / ref['seconds']:.2f}x the step time (median-based: "
+                  f"{hit['seconds_median'] / ref['seconds_median']:.2f}x)")
+    fig = paths.REPO_ROOT / "docs" / "figures" / f"convergence_{args.profile}.png"
+    plot(table, f"{args.variant} · {args.profile}: validation quality vs step time ({args.per_cell * 24} samples "
+                f"per point)", fig)
+    print(f"table → {out_csv}\nfigure → {fig}")
+
+
+def _recipe_order(names):
+    return lambda col: col.map({n: i for i, n in enumerate(names)}) if col.name == "recipe" else col
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def _literal(raw: str):
+    import ast
+
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The training recipe's options (issue 14): Min-SNR-γ loss weighting, samplers, the validation
+protocol that recipes are chosen on."""
+
+import numpy as np
+import pytest
+import torch
+
+from bmglib import config
+from bmglib.diffusion import losses, sample, schedule, train, validate
+from bmglib.diffusion.model import build_unet
+
+
+def _cfg(**over):
+    base = {"diffusion.steps": 4, "diffusion.batch_size": 4, "diffusion.base_channels": 16}
+    return config.get_config("smoke", {**base, **over})
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "epsilon"])
+def test_min_snr_weight_caps_the_low_noise_timesteps(prediction):
+    d = _cfg(**{"diffusion.prediction_type": prediction}).diffusion
+    sched = schedule.make_scheduler(d)
+    t = torch.tensor([0, 10, 100, 300, 600, 999])
+    w = losses.timestep_weight(sched, t, "min_snr", gamma=5.0)
+    abar = sched.alphas_cumprod[t]
+    snr = abar / (1 - abar)
+    expected = torch.minimum(snr, torch.tensor(5.0)) / (snr + 1 if prediction == "v_prediction" else snr)
+    assert torch.allclose(w, expected)
+    # in x0 space the weight is min(SNR, γ): capped at γ where SNR > γ, SNR itself below
+    x0_weight = w * (snr + 1 if prediction == "v_prediction" else snr)
+    assert torch.allclose(x0_weight[snr > 5], torch.tensor(5.0)) and torch.allclose(x0_weight[snr <= 5], snr[snr <= 5])
+    assert losses.timestep_weight(sched, t, "none") is None
+    with pytest.raises(ValueError, match="loss_weighting"):
+        losses.timestep_weight(sched, t, "snr_plus")
+
+
+def test_weighted_denoising_loss_reduces_to_the_plain_ones():
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    fg = 1 + torch.rand(4, 1, 8, 8, generator=g)
+    ones = torch.ones(4)
+    assert torch.allclose(losses.denoising_loss(pred, target, t_weight=ones), losses.denoising_loss(pred, target))
+    assert torch.allclose(losses.denoising_loss(pred, target, fg, ones), losses.denoising_loss(pred, target, fg))
+    # a per-sample weight multiplies that sample's squared error
+    w = torch.tensor([2.0, 0.0, 0.0, 0.0])
+    assert torch.isclose(losses.denoising_loss(pred, target, t_weight=w), 2 * ((pred[0] - target[0]) ** 2).mean() / 4)
+
+
+def test_min_snr_changes_only_the_weighting_of_the_same_draws():
+    cfg_none, cfg_snr = _cfg(), _cfg(**{"diffusion.loss_weighting": "min_snr"})
+    torch.manual_seed(0)
+    model = build_unet(32, (16, 32, 32))
+    sched = schedule.make_scheduler(cfg_none.diffusion)
+    x0 = torch.rand(4, 3, 32, 32) * 2 - 1
+    fst, lesion = torch.tensor([1, 2, 5, 6]), torch.tensor([0, 1, 2, 3])
+    plain = losses.training_losses(model, sched, x0, fst, lesion, cfg_none.diffusion, torch.Generator().manual_seed(3))
+    weighted = losses.training_losses(model, sched, x0, fst, lesion, cfg_snr.diffusion, torch.Generator().manual_seed(3))
+    # redo the draws in the documented order to get the per-sample errors
+    gen = torch.Generator().manual_seed(3)
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, 1000, (4,), generator=gen)
+    drop_f, drop_l = torch.rand(4, generator=gen) < 0.1, torch.rand(4, generator=gen) < 0.1
+    out = model(sched.add_noise(x0, noise, t), t, fst, lesion, drop_f, drop_l)
+    per_sample = ((out - losses.training_target(sched, x0, noise, t)) ** 2).mean((1, 2, 3))
+    w = losses.timestep_weight(sched, t, "min_snr", 5.0)
+    assert torch.isclose(plain.denoise, per_sample.mean(), rtol=1e-5)
+    assert torch.isclose(weighted.denoise, (w * per_sample).mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("key, value, match", [("diffusion.loss_weighting", "snr", "loss_weighting"),
+                                               ("diffusion.min_snr_gamma", 0.0, "min_snr_gamma"),
+                                               ("diffusion.ema_power", -1.0, "ema_power")])
+def test_recipe_settings_are_checked(key, value, match):
+    with pytest.raises(config.ConfigError, match=match):
+        config.get_config("smoke", {key: value})
+
+
+def test_configs_stored_before_the_recipe_options_read_back_as_they_were_trained():
+    raw = config.to_dict(config.get_config("quick"))
+    for key in ("loss_weighting", "ema_power"):
+        raw["diffusion"].pop(key)
+    old = config.from_dict(raw)
+    assert old.diffusion.loss_weighting == "none" and old.diffusion.ema_power == 0.0
+
+
+@pytest.mark.parametrize("name", list(sample.SAMPLERS))
+def test_every_sampler_draws_finite_images_of_the_requested_shape(name):
+    d = _cfg().diffusion
+    torch.manual_seed(0)
+    model = train.build_model(d).eval()
+    fst, lesion = torch.tensor([1, 6]), torch.tensor([0, 3])
+    # 10 steps: Karras sigmas on the 1,000-step cosine schedule repeat the first timestep there
+    x = sample.sample(model, schedule.make_scheduler(d), fst, lesion, size=32, steps=10, sampler=name, seed=0,
+                      batch_size=1)
+    assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all() and x.abs().max() <= 1
+    again = sample.sample(model, schedule.make_scheduler(d), fst, lesion, size=32, steps=10, sampler=name, seed=0,
+                          batch_size=1)
+    assert torch.equal(x, again)
+
+
+def test_karras_sigmas_space_the_steps_differently():
+    d = _cfg().diffusion
+    scheds = {}
+    for name in ("dpmpp", "dpmpp_karras"):
+        cls, extra = sample.SAMPLERS[name]
+        scheds[name] = cls.from_config(schedule.make_scheduler(d).config, **extra)
+        scheds[name].set_timesteps(8)
+    assert not np.array_equal(scheds["dpmpp"].timesteps.numpy(), scheds["dpmpp_karras"].timesteps.numpy())
+
+
+def test_validation_denoising_loss_is_fixed_by_its_seed_and_prefers_the_trained_target(tiny_synthetic):
+    pool, _ = tiny_synthetic
+    d = _cfg().diffusion
+    torch.manual_seed(0)
+    model = train.build_model(d).eval()
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    judges = validate.Judges(pool.head(8), np.zeros((8, 4)), None, None, x, torch.tensor([1, 2, 3, 4, 5, 6, 1, 2]),
+                             torch.tensor([0, 1, 2, 3] * 2))
+    a, b = validate.denoising_loss(model, d, judges), validate.denoising_loss(model, d, judges)
+    assert a == b and np.isfinite(a) and a > 0
+    assert validate.denoising_loss(model, d, judges, seed=1) != a
+
+
+@pytest.mark.slow
+def test_validation_score_measures_samples_against_validation_only(tiny_synthetic):
+    pool, _ = tiny_synthetic
+    meta = pool.assign(split=np.where(np.arange(len(pool)) % 3 == 0, "val", "train"))
+    judges = validate.Judges.build(meta, 32, real_per_cell=1, n_loss=16)
+    assert set(judges.val_df["md5hash"]) <= set(meta.loc[meta["split"] == "val", "md5hash"])
+    cfg = _cfg(**{"sampling.steps": 2})
+    torch.manual_seed(0)
+    row = validate.score(train.build_model(cfg.diffusion), cfg, judges, per_cell=1, n_boot=50)
+    assert row["n"] == 24 and row["sampler"] == "dpmpp-2"
+    assert row["kid_low"] <= row["kid_high"] and 0 <= row["fst_ita"] <= 1 and 0 <= row["lesion"] <= 1
+    with pytest.raises(ValueError, match="'val'"):
+        validate.Judges.build(meta.assign(split="train"), 32)
