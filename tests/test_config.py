@@ -153,5 +153,6 @@ def test_a_stored_config_without_the_new_sections_loads_with_their_defaults():
     old = {k: v for k, v in raw.items() if k not in ("downstream", "vae", "audit")}
     old["sampling"] = {k: v for k, v in raw["sampling"].items() if k != "grid_per_cell"}
     cfg = config.from_dict(old)
-    assert cfg.downstream == config.DownstreamConfig() and cfg.vae == config.VAEConfig()
+    # they ran at p >= 0.5 (config.LEGACY), not at today's default operating point
+    assert cfg.downstream == config.DownstreamConfig(threshold="fixed") and cfg.vae == config.VAEConfig()
     assert cfg.audit == config.AuditConfig() and cfg.data == config.get_config("smoke").data

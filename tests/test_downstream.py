@@ -207,7 +207,7 @@ def test_run_arm_predicts_the_test_split_and_caches(tiny_synthetic, tmp_path, mo
     p = r.predictions
     assert len(p) == len(test) and list(p["md5hash"]) == list(test["md5hash"])
     assert (p["y_true"] == (test["lesion"] == "melanoma")).all()
-    assert p["p_melanoma"].between(0, 1).all() and (p["y_pred"] == (p["p_melanoma"] >= 0.5)).all()
+    assert p["p_melanoma"].between(0, 1).all() and (p["y_pred"] == (p["p_melanoma"] >= r.info["threshold"])).all()
     assert r.info["n_train"] == len(train) and r.info["images_per_s"] > 0 and not r.cached
     assert not (tmp_path / "run" / "checkpoints").exists()
     model = D.load_arm_model(r)

@@ -44,7 +44,8 @@ def test_the_chosen_threshold_reaches_the_target_on_validation():
 
 def test_config_keys():
     cfg = config.get_config("quick")
-    assert cfg.downstream.threshold == "fixed" and cfg.downstream.target_sensitivity == 0.90
+    # the protocol's operating point (docs/protocol.md) is the default
+    assert cfg.downstream.threshold == "val_sensitivity" and cfg.downstream.target_sensitivity == 0.90
     assert "val_sensitivity" in config.THRESHOLDS
     cfg = config.get_config("quick", {"downstream.threshold": "val_sensitivity",
                                       "downstream.target_sensitivity": 1.0})
