@@ -50,7 +50,10 @@ RECIPES: dict[str, dict] = {
     # Min-SNR-5 weighting, twice the peak LR, cosine decay to 0 over a third of the steps
     "after": {"diffusion.steps": 400, "diffusion.lr": 2e-3, "diffusion.lr_schedule": "cosine",
               "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "min_snr", "diffusion.ema_power": 0.0},
-    # the same without Min-SNR (the LR schedule alone), over a third and over half of the steps
+    # the same over half of the steps
+    "after600": {"diffusion.steps": 600, "diffusion.lr": 2e-3, "diffusion.lr_schedule": "cosine",
+                 "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "min_snr", "diffusion.ema_power": 0.0},
+    # the 400/600-step LR schedules without Min-SNR
     "cosine400": {"diffusion.steps": 400, "diffusion.lr": 2e-3, "diffusion.lr_schedule": "cosine",
                   "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "none", "diffusion.ema_power": 0.0},
     "cosine600": {"diffusion.steps": 600, "diffusion.lr": 2e-3, "diffusion.lr_schedule": "cosine",

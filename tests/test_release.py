@@ -171,7 +171,8 @@ def test_generator_reloads_from_its_folder_alone_and_samples_the_same_images(rel
     ref = sample.sample(original, sched, torch.tensor([5, 6, 1]), torch.tensor([0, 1, 3]), size=32,
                         steps=2, guidance=0.5, sampler="dpmpp", seed=7)
     assert x.shape == (3, 3, 32, 32) and torch.equal(x, ref)
-    assert torch.equal(gen.sample(fst=5, lesion="melanoma", n=2, seed=7)[0], ref[0])
+    # another batch size: the same noise, but CPU conv kernels may sum in another order (seen: 1e-4)
+    assert torch.allclose(gen.sample(fst=5, lesion="melanoma", n=2, seed=7)[0], ref[0], rtol=0, atol=1e-3)
     with pytest.raises(ValueError, match="fst must be in"):
         gen.sample(fst=[7], lesion=["nevus"])
     with pytest.raises(ValueError, match="wart"):
