@@ -15,7 +15,7 @@ seed spread of the end point).
 
 Prints one table (recipe, seed, step, seconds, measures) and the step-time ratio at which the last
 recipe first reaches the first recipe's final quality, and writes
-``benchmarks/results/convergence_<profile>_<variant>.csv`` and ``docs/figures/convergence_<profile>.png``.
+``benchmarks/results/convergence_<profile>_<variant>.csv`` and ``docs/figures/convergence_<profile>_<variant>.png``.
 Runs resume: trained recipes and scored models are read back. Recipes run one after another, so
 keep the machine otherwise idle (the load average is printed per row); every recipe's time is
 measured in the same run, so their ratio survives a slower or faster machine.
@@ -220,7 +220,7 @@ def main() -> None:
             print(f"{name} reaches {names[0]}'s final quality at step {hit['step']}: {hit['seconds']:.0f} s vs "
                   f"{ref['seconds']:.0f} s = {hit['seconds'] / ref['seconds']:.2f}x the step time (median-based: "
                   f"{hit['seconds_median'] / ref['seconds_median']:.2f}x)")
-    fig = paths.REPO_ROOT / "docs" / "figures" / f"convergence_{args.profile}.png"
+    fig = paths.REPO_ROOT / "docs" / "figures" / f"convergence_{args.profile}_{args.variant}.png"
     plot(table, f"{args.variant} · {args.profile}: validation quality vs step time ({args.per_cell * 24} samples "
                 f"per point)", fig)
     print(f"table → {out_csv}\nfigure → {fig}")

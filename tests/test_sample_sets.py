@@ -138,3 +138,19 @@ def test_memorisation_calibrates_on_the_real_reference(sets):
                                     progress=False)
     assert same.summary().loc["bmg", "median_ratio"] < 0.5
     assert (memo.rare_cells(3)["rare"]).all() and len(memo.rare_cells(3)) <= 3
+
+
+def test_fidelity_diversity_compares_every_variant_at_one_n_per_level(sets):
+    _, test, evalsets = sets
+    cfg = config.ImageMetricsConfig(real_per_cell=4, train_per_cell=3, n_boot=20)  # 16 real per FST
+    q = sample_sets.image_quality(test, evalsets, cfg, extractor=tiny_extractor, progress=False)
+    t = sample_sets.fidelity_diversity(q, evalsets, k=3)
+    assert set(t["variant"]) == {"bmg", "standard"} and set(t["level"]) == {"fst_group", "fst"}
+    for _, g in t.groupby("level"):
+        assert g["n_used"].nunique() == 1 and g["n_used"].iloc[0] > 3  # one N across variants and groups
+    assert t[["precision", "recall", "coverage"]].stack().between(0, 1).all() and (t["density"] >= 0).all()
+    # a variant whose images are the real reference's own scores as well as the reference can
+    same = {"real": q.reference.assign(plan_fst=q.reference["fitzpatrick_scale"])}
+    q_same = sample_sets.ImageQuality(q.reference, q.real_feats, {"real": q.real_feats}, q.metrics, q.spread, q.n_fst)
+    own = sample_sets.fidelity_diversity(q_same, same, k=3)
+    assert (own.loc[own["level"] == "fst_group", ["precision", "recall", "coverage"]] == 1).all().all()

@@ -21,6 +21,7 @@ import pandas as pd
 
 from bmglib import classifiers, paths, report
 from bmglib.config import ImageMetricsConfig
+from bmglib.data import schema
 from bmglib.data.images import LESION_INDEX, load_tensor
 from bmglib.diffusion import balance, sample
 from bmglib.metrics import adherence, bootstrap, image
@@ -96,6 +97,31 @@ def image_quality(test_df: pd.DataFrame, evalsets: dict[str, pd.DataFrame], cfg:
         spread["fid_var_ratio"] = spread["fid_var"] / spread.loc[reference, "fid_var"]
         spread[["ratio_low", "ratio_high"]] = [bootstrap.percentile_ci(ratio[v], 0.95) for v in evalsets]
     return ImageQuality(real_ref, real_feats, synth_feats, metrics, spread, n_fst)
+
+
+def fidelity_diversity(quality: ImageQuality, evalsets: dict[str, pd.DataFrame], k: int = 5,
+                       seed: int = 0) -> pd.DataFrame:
+    """Precision, recall, density and coverage (Naeem et al. 2020; :func:`image.prdc_per_group`)
+    of every variant per FST group and per FST, from the features :func:`image_quality` computed:
+    fidelity (precision, density) and diversity (recall, coverage) separately, where FID mixes
+    them. Every row of a level is compared at the same N across variants (the smallest over
+    variants and groups with more than ``k`` images, ``n_used``); the reference is the same real
+    test subset. Columns: variant + those of :func:`image.prdc_per_group`."""
+    real_fst = quality.reference["fitzpatrick_scale"].to_numpy()
+    levels = {"fst_group": lambda f: np.array([schema.fst_group(int(x)) for x in f]), "fst": lambda f: np.asarray(f)}
+    rows = []
+    for level, key in levels.items():
+        real_groups = pd.Series(key(real_fst)).value_counts()
+        counts = [pd.concat([real_groups, pd.Series(key(e["plan_fst"].to_numpy())).value_counts()], axis=1)
+                  .min(axis=1) for e in evalsets.values()]
+        usable = [c[c > k] for c in counts]
+        n = int(min(c.min() for c in usable)) if all(len(c) for c in usable) else None
+        for v, e in evalsets.items():
+            t = image.prdc_per_group(quality.real_feats, real_fst, quality.synth_feats[v], e["plan_fst"].to_numpy(),
+                                     k=k, n=n, seed=seed)
+            rows.append(t[t["level"] == level].assign(variant=v))
+    out = pd.concat(rows, ignore_index=True)
+    return out[["variant", *[c for c in out.columns if c != "variant"]]]
 
 
 # --- adherence -----------------------------------------------------------------------------------------
