@@ -17,6 +17,9 @@ SHARED_REAL ?= $(abspath ../shared/data/real)
 PAPER_VARIANTS ?= bmg standard no_fairloss no_fst_cond no_resample
 # the variants besides bmg that nbval runs 02 and 03 for (smoke: ~15 s each)
 NBVAL_VARIANTS ?= standard no_fairloss no_fst_cond no_resample
+# generator (diffusion training) seeds make paper trains and samples every variant of PAPER_VARIANTS
+# with: `make paper GENERATOR_SEEDS="0 1 2"` (each seed is its own model: data/runs/PROFILE/VARIANT_seedK)
+GENERATOR_SEEDS ?= 0
 COMMA_VARIANTS := $(subst $(eval) ,$(comma),$(strip $(PAPER_VARIANTS)))
 # real data / GPU users: make paper PROFILE=paper DATASET=fitzpatrick17k IMAGE_DIR=... SD_PATH=...
 DATASET ?= synthetic
@@ -51,13 +54,14 @@ test: lint test-fast test-notebooks ## ruff + the fast tests + notebooks under n
 test-fast: $(STAMP) ## pytest, fast tier only (not slow, not gpu)
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
-test-notebooks: $(STAMP) ## the notebooks under nbval --nbval-lax (smoke), in pipeline order, + 01 on Fitzpatrick17k metadata and 02/03 for every variant
+test-notebooks: $(STAMP) ## the notebooks under nbval --nbval-lax (smoke), in pipeline order, + 01 on Fitzpatrick17k metadata, 02/03 for every variant and for bmg at generator seed 1
 	@mkdir -p build/nbval
 	$(VENV)/bin/papermill --prepare-only -p DATASET fitzpatrick17k notebooks/01_data_audit.ipynb \
 		build/nbval/01_data_audit__fitzpatrick17k.ipynb
 	@for nb in notebooks/02_*.ipynb notebooks/03_*.ipynb; do for v in $(NBVAL_VARIANTS); do \
 		$(VENV)/bin/papermill --prepare-only -p VARIANT $$v $$nb build/nbval/$$(basename $$nb .ipynb)__$$v.ipynb; \
-	done; done
+	done; \
+	$(VENV)/bin/papermill --prepare-only -p SEED 1 $$nb build/nbval/$$(basename $$nb .ipynb)__bmg_seed1.ipynb; done
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax $$(for nb in $(NOTEBOOKS); do \
 		echo $$nb; ls build/nbval/$$(basename $$nb .ipynb)__*.ipynb 2>/dev/null; done)
 
@@ -76,14 +80,16 @@ paper: $(STAMP) ## run every notebook with papermill for PROFILE (default quick)
 	@set -e; for nb in $(NOTEBOOKS); do \
 		name=$$(basename $$nb .ipynb); \
 		case $$name in \
-		02_*) for v in $(PAPER_VARIANTS); do \
-			echo "== $$nb (PROFILE=$(PROFILE) VARIANT=$$v)"; \
-			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANT $$v -p SD_PATH "$(SD_PATH)" $$nb build/$(PROFILE)/$${name}__$$v.ipynb; \
-		done ;; \
-		03_*) for v in $(PAPER_VARIANTS); do \
-			echo "== $$nb (PROFILE=$(PROFILE) VARIANT=$$v)"; \
-			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANT $$v $$nb build/$(PROFILE)/$${name}__$$v.ipynb; \
-		done ;; \
+		02_*) for s in $(GENERATOR_SEEDS); do for v in $(PAPER_VARIANTS); do \
+			tag=$$v; [ "$$s" = 0 ] || tag=$${v}_seed$$s; \
+			echo "== $$nb (PROFILE=$(PROFILE) VARIANT=$$v SEED=$$s)"; \
+			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANT $$v -p SEED $$s -p SD_PATH "$(SD_PATH)" $$nb build/$(PROFILE)/$${name}__$$tag.ipynb; \
+		done; done ;; \
+		03_*) for s in $(GENERATOR_SEEDS); do for v in $(PAPER_VARIANTS); do \
+			tag=$$v; [ "$$s" = 0 ] || tag=$${v}_seed$$s; \
+			echo "== $$nb (PROFILE=$(PROFILE) VARIANT=$$v SEED=$$s)"; \
+			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANT $$v -p SEED $$s $$nb build/$(PROFILE)/$${name}__$$tag.ipynb; \
+		done; done ;; \
 		06_*) echo "== $$nb (PROFILE=$(PROFILE) VARIANTS=$(COMMA_VARIANTS))"; \
 			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANTS "$(COMMA_VARIANTS)" $$nb build/$(PROFILE)/$$name.ipynb ;; \
 		01_*) echo "== $$nb (PROFILE=$(PROFILE))"; \

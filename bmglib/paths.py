@@ -39,15 +39,24 @@ def processed_dir(profile: str, dataset: str) -> Path:
     return data_root() / "processed" / profile / dataset
 
 
-def run_dir(profile: str, variant: str) -> Path:
-    """A diffusion training run (checkpoints, log, final model) of one profile and variant."""
-    return data_root() / "runs" / profile / variant
+def model_name(variant: str, seed: int = 0) -> str:
+    """The name of one generator: its variant, and its diffusion training seed unless 0
+    (``bmg``, ``bmg_seed1``): the folder name of its run and sample sets, and the tag of its figures."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"a generator seed must be an int >= 0, got {seed!r}")
+    return variant if seed == 0 else f"{variant}_seed{seed}"
 
 
-def samples_dir(profile: str, variant: str, purpose: str) -> Path:
-    """A synthetic sample set on disk (PNGs + ``manifest.csv``): ``purpose`` ``augment`` (03, the
-    quota plan) or ``eval`` (04, balanced per cell)."""
-    return data_root() / "samples" / profile / variant / purpose
+def run_dir(profile: str, variant: str, seed: int = 0) -> Path:
+    """A diffusion training run (checkpoints, log, final model) of one profile, variant and
+    generator seed (``diffusion.seed``; seed 0 is the variant's own folder)."""
+    return data_root() / "runs" / profile / model_name(variant, seed)
+
+
+def samples_dir(profile: str, variant: str, purpose: str, seed: int = 0) -> Path:
+    """A synthetic sample set on disk (PNGs + ``manifest.csv``) of the generator (variant, seed):
+    ``purpose`` ``augment`` (03, the quota plan) or ``eval`` (04, balanced per cell)."""
+    return data_root() / "samples" / profile / model_name(variant, seed) / purpose
 
 
 def reader_study_dir(name: str) -> Path:

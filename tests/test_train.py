@@ -309,3 +309,31 @@ def test_balance_scale_sets_the_fairness_gradient_to_a_share_of_the_denoising_on
     active = run.log[run.log["n_fair"] > 0]
     assert len(active) and (active["fair_scale"] > 0).all() and np.isfinite(run.log["loss"]).all()
     assert (run.log.loc[run.log["n_fair"] == 0, "fair_scale"] == 0).all()
+
+
+def test_generator_seeds_have_their_own_run_and_sample_folders(tmp_path, monkeypatch):
+    from bmglib import paths
+
+    monkeypatch.setenv("BMG_DATA_ROOT", str(tmp_path))
+    assert paths.model_name("bmg") == "bmg" and paths.model_name("bmg", 2) == "bmg_seed2"
+    assert paths.run_dir("quick", "bmg") == tmp_path / "runs" / "quick" / "bmg"  # seed 0: the folder as before
+    assert paths.run_dir("quick", "bmg", 1) == tmp_path / "runs" / "quick" / "bmg_seed1"
+    assert paths.samples_dir("quick", "standard", "eval", 3) == tmp_path / "samples" / "quick" / "standard_seed3" / "eval"
+    for bad in (-1, 1.0, True):
+        with pytest.raises(ValueError, match="generator seed"):
+            paths.model_name("bmg", bad)
+
+
+def test_train_variant_trains_each_generator_seed_in_its_own_folder(tiny_synthetic, tmp_path, monkeypatch):
+    from bmglib import paths
+
+    monkeypatch.setenv("BMG_DATA_ROOT", str(tmp_path))
+    pool, _ = tiny_synthetic
+    meta = pool.assign(split="train")
+    runs = {}
+    for seed in (0, 1):
+        cfg = config.with_variant(_cfg(**{"diffusion.steps": 2, "diffusion.seed": seed}), "no_fairloss")
+        runs[seed], _ = train.train_variant(cfg, meta, progress=False)
+        assert runs[seed].out_dir == paths.run_dir(cfg.profile, "no_fairloss", seed)
+    w0, w1 = (load_file(runs[s].out_dir / "final" / "model.safetensors") for s in (0, 1))
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)  # two generators, not one copied

@@ -289,7 +289,8 @@ def model_identity(cfg: config.Config) -> dict:
 
 def train_variant(cfg: config.Config, meta: pd.DataFrame, progress: bool = True):
     """What notebook 02 calls: the variant ``cfg.diffusion.variant`` trained on the prepared
-    table's ``train`` split, in ``paths.run_dir(profile, variant)``.
+    table's ``train`` split, in ``paths.run_dir(profile, variant, diffusion.seed)`` (each generator
+    seed is its own model, with its own estimator seed).
 
     Skips training when ``final/`` holds a model of the same resolved config and data; otherwise
     trains or resumes from the last checkpoint. Returns ``(TrainRun, estimator_report)``.
@@ -299,7 +300,7 @@ def train_variant(cfg: config.Config, meta: pd.DataFrame, progress: bool = True)
     d = cfg.diffusion
     train_df = meta[meta["split"] == "train"].reset_index(drop=True)
     val_df = meta[meta["split"] == "val"].reset_index(drop=True)
-    out = paths.run_dir(cfg.profile, d.variant)
+    out = paths.run_dir(cfg.profile, d.variant, d.seed)
     est, report = None, {"kind": "none"}
     if d.lambda_kl > 0 or d.lambda_ce > 0:
         est, report = skintone.get_fst_estimator(d.estimator, train_df, val_df, d.image_size,
