@@ -446,6 +446,42 @@ def run_arms(arms: dict[str, pd.DataFrame], val_df: pd.DataFrame, test_df: pd.Da
                        "out_dir": str(r.out_dir)} for r in results]))
 
 
+def protocol_predictions(real_train: pd.DataFrame, synthetic: Mapping[int, Mapping[str, pd.DataFrame]],
+                         val_df: pd.DataFrame, test_df: pd.DataFrame, cfg: DownstreamConfig,
+                         progress: bool = True, use_cache: bool = True) -> pd.DataFrame:
+    """The long prediction table of the protocol's design (docs/protocol.md), the input of
+    :func:`bmglib.metrics.hierarchical.paired_effect`.
+
+    ``synthetic``: generator seed g → {variant → augmentation manifest of that generator}. For each
+    g the arms ``real+<variant>`` are built together (:func:`build_arms`: the same number of
+    synthetic images for every variant of g) and trained at classifier seeds ``cfg.seed + i·C``
+    … ``+ C − 1`` with C = ``cfg.seeds`` and i the position of g (each generator its own classifier
+    seeds); the real-only arm is trained at every classifier seed used, so each synthetic run has
+    a real-only run of the same seed on the same test images to pair with. Returns one row per
+    (arm, generator_seed, classifier_seed, test image) with :data:`TABLE_COLUMNS`, ``y_true``,
+    ``p_melanoma``, ``y_pred``, ``arm``, ``generator_seed`` (-1 for real-only), ``classifier_seed``.
+    """
+    if not synthetic:
+        raise ValueError("protocol_predictions: no generator seeds given (synthetic is empty)")
+    c = cfg.seeds
+    rows, real_seeds = [], []
+    for i, (g, sets) in enumerate(synthetic.items()):
+        arms = build_arms(real_train, sets, seed=cfg.seed + g)
+        seeds = list(range(cfg.seed + i * c, cfg.seed + (i + 1) * c))
+        real_seeds += seeds
+        for arm, train in arms.items():
+            if arm == "real":
+                continue
+            for s in seeds:
+                r = run_arm(arm, train, val_df, test_df, cfg, s, progress=progress, use_cache=use_cache)
+                rows.append(r.predictions.assign(generator_seed=g, classifier_seed=s))
+    real = real_train.assign(train_source="real")
+    for s in real_seeds:
+        r = run_arm("real", real, val_df, test_df, cfg, s, progress=progress, use_cache=use_cache)
+        rows.append(r.predictions.assign(generator_seed=-1, classifier_seed=s))
+    return pd.concat(rows, ignore_index=True)
+
+
 def evaluate_arms(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
                   level: float = 0.95) -> dict[str, pd.DataFrame]:
     """Fairness tables of every arm over its seeds (``bmglib.metrics.fairness``): ``per_fst``

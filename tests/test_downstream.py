@@ -239,3 +239,22 @@ def test_run_arms_and_evaluate_arms_end_to_end(tiny_synthetic, tmp_path, monkeyp
     assert (fst["seeds"] == 2).all() and fst["auc_sd"].notna().all()
     summary = tables["summary"].set_index(["arm", "contrast"])
     assert summary.loc[("real", "edfr"), "n_pos_a"] == (test["lesion"] == "melanoma").sum() / 2
+
+
+def test_protocol_predictions_pair_every_synthetic_run_with_a_real_only_run(tiny_synthetic, tmp_path, monkeypatch):
+    from bmglib.metrics import hierarchical
+
+    monkeypatch.setenv("BMG_DATA_ROOT", str(tmp_path))
+    train, val, test = _splits(tiny_synthetic)
+    cfg = _cfg({**TINY, "downstream.epochs": 1, "downstream.seeds": 2})
+    syn = {g: {"bmg": test.sample(12, random_state=g), "standard": test.sample(16, random_state=10 + g)}
+           for g in (0, 3)}
+    preds = D.protocol_predictions(train, syn, val, test, cfg, progress=False)
+    runs = preds.groupby(["arm", "generator_seed", "classifier_seed"]).size()
+    assert (runs == len(test)).all()
+    assert sorted(runs.loc["real+bmg"].index) == [(0, 0), (0, 1), (3, 2), (3, 3)]  # own classifier seeds per generator
+    assert sorted(runs.loc["real"].index) == [(-1, 0), (-1, 1), (-1, 2), (-1, 3)]  # a real-only run for each
+    r = hierarchical.paired_effect(preds, "real+bmg", "real", n_boot=50)
+    assert r["n_generator_seeds"] == 2 and r["n_classifier_seeds"] == 4 and r["n_reference_seeds"] == 4
+    with pytest.raises(ValueError, match="no generator seeds"):
+        D.protocol_predictions(train, {}, val, test, cfg)
