@@ -169,6 +169,16 @@ def _seed_draws(gen: np.ndarray, n_boot: int, rng: np.random.Generator, generato
     return [runs[b][keep[b]] for b in range(n_boot)]
 
 
+def _paired_values(part, runs: np.ndarray, idx: np.ndarray, statistic: Statistic) -> tuple[float, float]:
+    """(statistic of the arm runs ``runs``, statistic of the reference runs paired with them), both
+    on the test images ``idx``; ``part`` is what :func:`_runs` returns."""
+    y_true, fst, (gen, cls, a_pred, a_score), ref_row, (r_pred, r_score), _ = part
+    rows, seeds = ref_row[runs], tuple(zip(gen[runs].tolist(), cls[runs].tolist(), strict=True))
+    arm_sp = SeedPredictions(y_true[idx], fst[idx], a_pred[np.ix_(runs, idx)], a_score[np.ix_(runs, idx)], seeds)
+    ref_sp = SeedPredictions(y_true[idx], fst[idx], r_pred[np.ix_(rows, idx)], r_score[np.ix_(rows, idx)], seeds)
+    return statistic(arm_sp), statistic(ref_sp)
+
+
 def paired_effect(preds: pd.DataFrame, arm: str, reference: str = "real", statistic: Statistic = fnr_gap,
                   n_boot: int = 1000, rng: bootstrap.Rng = 0, level: float = 0.95, *,
                   resample_generators: bool = True, id_col: str = "md5hash") -> dict:
@@ -190,19 +200,13 @@ def paired_effect(preds: pd.DataFrame, arm: str, reference: str = "real", statis
     """
     if n_boot < 1:
         raise ValueError(f"paired_effect: n_boot must be >= 1, got {n_boot!r}")
-    y_true, fst, (gen, cls, a_pred, a_score), ref_row, (r_pred, r_score), _ = _runs(preds, arm, reference, id_col)
+    part = _runs(preds, arm, reference, id_col)
+    y_true, fst, (gen, _, _, _), ref_row, _, _ = part
     rng = np.random.default_rng(rng)
     n_gen = len(np.unique(gen))
-    keys = list(zip(gen.tolist(), cls.tolist(), strict=True))
 
     def delta(runs: np.ndarray, idx: np.ndarray) -> tuple[float, float]:
-        rows = ref_row[runs]
-        seeds = tuple(keys[r] for r in runs)
-        arm_sp = SeedPredictions(y_true[idx], fst[idx], a_pred[np.ix_(runs, idx)], a_score[np.ix_(runs, idx)],
-                                 seeds)
-        ref_sp = SeedPredictions(y_true[idx], fst[idx], r_pred[np.ix_(rows, idx)], r_score[np.ix_(rows, idx)],
-                                 seeds)
-        return statistic(arm_sp), statistic(ref_sp)
+        return _paired_values(part, runs, idx, statistic)
 
     arm_value, ref_value = delta(np.arange(len(gen)), np.arange(len(y_true)))
     draws = _seed_draws(gen, n_boot, rng, resample_generators)
@@ -312,11 +316,7 @@ def paired_contrast(preds: pd.DataFrame, arm_a: str, arm_b: str, reference: str 
     rng = np.random.default_rng(rng)
 
     def delta(part, runs: np.ndarray, idx: np.ndarray) -> float:
-        _, _, (gen, cls, a_pred, a_score), ref_row, (r_pred, r_score), _ = part
-        rows, seeds = ref_row[runs], tuple(zip(gen[runs].tolist(), cls[runs].tolist(), strict=True))
-        arm_sp = SeedPredictions(y_true[idx], fst[idx], a_pred[np.ix_(runs, idx)], a_score[np.ix_(runs, idx)], seeds)
-        ref_sp = SeedPredictions(y_true[idx], fst[idx], r_pred[np.ix_(rows, idx)], r_score[np.ix_(rows, idx)], seeds)
-        return statistic(arm_sp) - statistic(ref_sp)
+        return float(np.subtract(*_paired_values(part, runs, idx, statistic)))
 
     every = np.arange(len(y_true))
     d_a, d_b = (delta(p, np.arange(len(p[2][0])), every) for p in parts)
