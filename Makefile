@@ -21,6 +21,7 @@ NBVAL_VARIANTS ?= standard no_fairloss no_fst_cond no_resample
 # with: `make paper GENERATOR_SEEDS="0 1 2"` (each seed is its own model: data/runs/PROFILE/VARIANT_seedK)
 GENERATOR_SEEDS ?= 0
 COMMA_VARIANTS := $(subst $(eval) ,$(comma),$(strip $(PAPER_VARIANTS)))
+COMMA_SEEDS = $(subst $(eval) ,$(comma),$(strip $(GENERATOR_SEEDS)))
 # real data / GPU users: make paper PROFILE=paper DATASET=fitzpatrick17k IMAGE_DIR=... SD_PATH=...
 DATASET ?= synthetic
 IMAGE_DIR ?=
@@ -90,6 +91,8 @@ paper: $(STAMP) ## run every notebook with papermill for PROFILE (default quick)
 			echo "== $$nb (PROFILE=$(PROFILE) VARIANT=$$v SEED=$$s)"; \
 			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANT $$v -p SEED $$s $$nb build/$(PROFILE)/$${name}__$$tag.ipynb; \
 		done; done ;; \
+		05_*) echo "== $$nb (PROFILE=$(PROFILE) GENERATOR_SEEDS=$(COMMA_SEEDS))"; \
+			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p GENERATOR_SEEDS "$(COMMA_SEEDS)" $$nb build/$(PROFILE)/$$name.ipynb ;; \
 		06_*) echo "== $$nb (PROFILE=$(PROFILE) VARIANTS=$(COMMA_VARIANTS))"; \
 			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANTS "$(COMMA_VARIANTS)" $$nb build/$(PROFILE)/$$name.ipynb ;; \
 		01_*) echo "== $$nb (PROFILE=$(PROFILE))"; \

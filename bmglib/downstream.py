@@ -482,6 +482,38 @@ def protocol_predictions(real_train: pd.DataFrame, synthetic: Mapping[int, Mappi
     return pd.concat(rows, ignore_index=True)
 
 
+def decision_rules(preds: pd.DataFrame, arm: str = "real+bmg", other: str = "real+standard",
+                   reference: str = "real", n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """The protocol's decision rules (docs/protocol.md) on :func:`protocol_predictions`' table, one
+    row each: the paired Δ vs ``reference`` of ``arm`` and of ``other`` and their contrast
+    Δ(arm) − Δ(other), for the primary measure (the FNR gap, rule: CI below 0) and the secondary
+    ones (overall AUC and ES-AUC, reported, no rule). Columns: rule, measure, role (primary |
+    secondary), estimate, ci_low, ci_high, mde, n_generator_seeds, n_classifier_seeds, n_images,
+    variance_sources, verdict."""
+    from bmglib.metrics import hierarchical as H
+
+    rows = []
+    for name, stat in H.STATISTICS.items():
+        role = "primary" if name == "fnr_gap" else "secondary"
+        for a in (arm, other):
+            r = H.paired_effect(preds, a, reference, stat, n_boot, seed, level)
+            rows.append({"rule": f"{a} narrows the gap" if role == "primary" else f"Δ {a} − {reference}",
+                         "measure": name, "role": role, **{k: r[k] for k in ("estimate", "ci_low", "ci_high", "mde")},
+                         "n_generator_seeds": r["n_generator_seeds"], "n_classifier_seeds": r["n_classifier_seeds"],
+                         "n_images": r["n_images"], "variance_sources": r["variance_sources"]})
+        c = H.paired_contrast(preds, arm, other, reference, stat, n_boot, seed, level)
+        rows.append({"rule": f"{arm} beats {other}" if role == "primary" else f"Δ {arm} − Δ {other}",
+                     "measure": name, "role": role, **{k: c[k] for k in ("estimate", "ci_low", "ci_high", "mde")},
+                     "n_generator_seeds": f"{c['n_generator_seeds_a']} / {c['n_generator_seeds_b']}",
+                     "n_classifier_seeds": "", "n_images": c["n_images"], "variance_sources": c["variance_sources"]})
+    out = pd.DataFrame(rows)
+    primary = out["role"] == "primary"
+    out["verdict"] = np.where(~primary, "secondary: no rule",
+                              np.where(out["ci_high"] < 0, "shown", np.where(out["ci_low"] > 0, "opposite shown",
+                                                                               "not shown")))
+    return out
+
+
 def evaluate_arms(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
                   level: float = 0.95) -> dict[str, pd.DataFrame]:
     """Fairness tables of every arm over its seeds (``bmglib.metrics.fairness``): ``per_fst``

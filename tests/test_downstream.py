@@ -256,5 +256,14 @@ def test_protocol_predictions_pair_every_synthetic_run_with_a_real_only_run(tiny
     assert sorted(runs.loc["real"].index) == [(-1, 0), (-1, 1), (-1, 2), (-1, 3)]  # a real-only run for each
     r = hierarchical.paired_effect(preds, "real+bmg", "real", n_boot=50)
     assert r["n_generator_seeds"] == 2 and r["n_classifier_seeds"] == 4 and r["n_reference_seeds"] == 4
+    rules = D.decision_rules(preds, n_boot=30)
+    assert len(rules) == 9 and (rules["role"] == "primary").sum() == 3
+    primary = rules[rules["role"] == "primary"].set_index("rule")
+    assert list(primary.index) == ["real+bmg narrows the gap", "real+standard narrows the gap",
+                                   "real+bmg beats real+standard"]
+    assert set(primary["verdict"]) <= {"shown", "not shown", "opposite shown"}
+    row = primary.loc["real+bmg narrows the gap"]
+    assert row["verdict"] == ("shown" if row["ci_high"] < 0 else "opposite shown" if row["ci_low"] > 0 else "not shown")
+    assert (rules.loc[rules["role"] == "secondary", "verdict"] == "secondary: no rule").all()
     with pytest.raises(ValueError, match="no generator seeds"):
         D.protocol_predictions(train, {}, val, test, cfg)
