@@ -88,7 +88,7 @@ def main() -> None:
             r = hierarchical.arm_value(preds, rule, stat, n_boot=args.n_boot, rng=0)
             row[r["statistic"]] = f"{r['estimate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
         table.append(row)
-    n = r
+    n = r  # the counts and variance sources are those of every rule's rows (the same runs and images)
     print(f"real-only arm · {args.profile} · {d.arch} width {d.width} · {n['n_classifier_seeds']} classifier seeds · "
           f"test {n['n_images']} images ({n['n_pos']} melanomas) · val {len(val_df)} ({int(y_val.sum())} melanomas)")
     print(f"95% CIs over {n['variance_sources']}; fnr_gap = FNR(IV–VI) − FNR(I–III)\n")

@@ -186,7 +186,7 @@ def main() -> None:
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         raise SystemExit(f"unknown recipe(s) {unknown}; choose from {list(RECIPES)}")
-    common = {k: _literal(v) for k, _, v in (s.partition("=") for s in args.set)}
+    common = config.parse_overrides(args.set)
     meta = prepare.load_prepared(args.profile, args.dataset)
     base = config.get_config(args.profile)
     out_csv = paths.BENCHMARKS / "results" / f"convergence_{args.profile}_{args.variant}.csv"
@@ -232,15 +232,6 @@ def _recipe_order(names):
 
 def _ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x.strip()]
-
-
-def _literal(raw: str):
-    import ast
-
-    try:
-        return ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return raw
 
 
 if __name__ == "__main__":

@@ -403,6 +403,21 @@ def _sections(cfg: Config):
     return [f for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Command-line ``KEY=VALUE`` items (``--set diffusion.steps=500 diffusion.sd_path=/m/sd15``) as
+    an overrides dict: each value read as a Python literal, or kept as a plain string (a path)."""
+    import ast
+
+    out = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw  # a plain string such as a path
+    return out
+
+
 def get_config(profile: str = "quick", overrides: dict[str, Any] | None = None) -> Config:
     """The resolved config of a profile plus strict overrides."""
     if profile not in PROFILES:

@@ -45,6 +45,7 @@ from bmglib import augment, cache, config, paths, trainer
 from bmglib.config import DownstreamConfig
 from bmglib.data import images
 from bmglib.metrics import fairness
+from bmglib.metrics import hierarchical as H
 from bmglib.trainer import to_float
 
 ARMS = ("real", "real+standard", "real+bmg")
@@ -490,8 +491,6 @@ def decision_rules(preds: pd.DataFrame, arm: str = "real+bmg", other: str = "rea
     ones (overall AUC and ES-AUC, reported, no rule). Columns: rule, measure, role (primary |
     secondary), estimate, ci_low, ci_high, mde, n_generator_seeds, n_classifier_seeds, n_images,
     variance_sources, verdict."""
-    from bmglib.metrics import hierarchical as H
-
     rows = []
     for name, stat in H.STATISTICS.items():
         role = "primary" if name == "fnr_gap" else "secondary"

@@ -156,3 +156,11 @@ def test_a_stored_config_without_the_new_sections_loads_with_their_defaults():
     # they ran at p >= 0.5 (config.LEGACY), not at today's default operating point
     assert cfg.downstream == config.DownstreamConfig(threshold="fixed") and cfg.vae == config.VAEConfig()
     assert cfg.audit == config.AuditConfig() and cfg.data == config.get_config("smoke").data
+
+
+def test_command_line_overrides_are_literals_or_plain_strings():
+    parsed = config.parse_overrides(["diffusion.steps=500", "diffusion.sd_path=/models/sd15", "diffusion.lr=2e-3",
+                                     "sampling.lesions=melanoma,nevus", "diffusion.fst_cond=False"])
+    assert parsed == {"diffusion.steps": 500, "diffusion.sd_path": "/models/sd15", "diffusion.lr": 2e-3,
+                      "sampling.lesions": "melanoma,nevus", "diffusion.fst_cond": False}
+    assert config.get_config("smoke", parsed).diffusion.steps == 500

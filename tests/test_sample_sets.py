@@ -154,3 +154,11 @@ def test_fidelity_diversity_compares_every_variant_at_one_n_per_level(sets):
     q_same = sample_sets.ImageQuality(q.reference, q.real_feats, {"real": q.real_feats}, q.metrics, q.spread, q.n_fst)
     own = sample_sets.fidelity_diversity(q_same, same, k=3)
     assert (own.loc[own["level"] == "fst_group", ["precision", "recall", "coverage"]] == 1).all().all()
+
+
+def test_load_seeds_names_the_missing_generator_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("BMG_DATA_ROOT", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"bmg_seed2/augment/manifest.csv not found.*03_balanced_sampling"):
+        sample_sets.load_seeds("smoke", "bmg", "augment", "2")
+    with pytest.raises(ValueError, match="no generator seeds"):
+        sample_sets.load_seeds("smoke", "bmg", "augment", " ,")

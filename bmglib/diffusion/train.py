@@ -324,7 +324,6 @@ def train_variant(cfg: config.Config, meta: pd.DataFrame, progress: bool = True)
 def main(argv=None) -> None:
     """``python -m bmglib.diffusion.train`` or, on several GPUs, ``accelerate launch -m bmglib.diffusion.train``."""
     import argparse
-    import ast
 
     from bmglib.data import prepare
 
@@ -335,14 +334,7 @@ def main(argv=None) -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="strict overrides, e.g. diffusion.sd_path=/models/sd15 diffusion.steps=500")
     a = ap.parse_args(argv)
-    overrides = {}
-    for item in a.set:
-        key, _, raw = item.partition("=")
-        try:
-            overrides[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            overrides[key] = raw  # a plain string such as a path
-    cfg = config.with_variant(config.get_config(a.profile, overrides), a.variant)
+    cfg = config.with_variant(config.get_config(a.profile, config.parse_overrides(a.set)), a.variant)
     run, _ = train_variant(cfg, prepare.load_prepared(a.profile, a.dataset))
     print(f"{a.variant}: {len(run.log)} steps → {run.out_dir / 'final'}")
 

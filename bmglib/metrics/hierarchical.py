@@ -103,26 +103,50 @@ STATISTICS: dict[str, Statistic] = {"fnr_gap": fnr_gap, "auc_overall": auc_overa
 # --- the long table, aligned -------------------------------------------------------------------
 
 
+def _aligned(preds: pd.DataFrame, roles: dict[str, str], id_col: str, who: str) -> pd.DataFrame:
+    """The rows of the arms named in ``roles`` (role → arm, e.g. {"arm": "real+bmg", "reference":
+    "real"}), with integer seeds (NaN generator seed → :data:`NO_GENERATOR`), after the checks every
+    caller needs: the columns are there, every named arm is, no (run, image) row is duplicated.
+    Errors start with ``who``."""
+    missing = [c for c in (*COLUMNS, id_col) if c not in preds.columns]
+    if missing:
+        raise ValueError(f"{who}: preds lacks column(s) {missing}")
+    present = set(preds["arm"].unique())
+    for role, name in roles.items():
+        if name not in present:
+            raise ValueError(f"{who}: {role} {name!r} not in preds['arm'] (arms: {sorted(present)})")
+    df = preds[preds["arm"].isin(list(roles.values()))]
+    df = df.assign(generator_seed=df["generator_seed"].fillna(NO_GENERATOR).astype(int),
+                   classifier_seed=df["classifier_seed"].astype(int))
+    if df.duplicated(["arm", "generator_seed", "classifier_seed", id_col]).any():
+        raise ValueError(f"{who}: duplicate (arm, generator_seed, classifier_seed, {id_col}) rows")
+    return df
+
+
+def _wide(df: pd.DataFrame, id_col: str, who: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """``df`` (:func:`_aligned`) as one column per run (arm, generator_seed, classifier_seed; sorted)
+    and one row per test image (sorted by id), with the images' y_true (N,) and FST (N,): every run
+    must cover the same images, with the same labels."""
+    wide = df.pivot(index=id_col, columns=["arm", "generator_seed", "classifier_seed"])
+    if wide["y_pred"].isna().any().any():
+        names = " and ".join(repr(a) for a in df["arm"].unique())
+        raise ValueError(f"{who}: the runs of {names} cover different test images; "
+                         "evaluate every run on the same test split")
+    for col in ("y_true", "fitzpatrick_scale"):
+        values = wide[col].to_numpy()
+        if (values != values[:, :1]).any():
+            raise ValueError(f"{who}: {col} differs between runs for the same image")
+    return wide, wide["y_true"].iloc[:, 0].to_numpy(int), wide["fitzpatrick_scale"].iloc[:, 0].to_numpy(int)
+
+
 def _runs(preds: pd.DataFrame, arm: str, reference: str, id_col: str):
-    """The arm's and the reference's runs aligned on the reference's test images.
+    """The arm's and the reference's runs aligned on the same test images.
 
     Returns (y_true (N,), fst (N,), arm (gen (R,), cls (R,), y_pred (R, N), y_score (R, N)),
     ref_row (R,): the reference row paired with each arm run, ref (y_pred, y_score), n_ref)."""
-    missing = [c for c in (*COLUMNS, id_col) if c not in preds.columns]
-    if missing:
-        raise ValueError(f"paired_effect: preds lacks column(s) {missing}")
     if arm == reference:
         raise ValueError(f"paired_effect: arm and reference are both {arm!r}")
-    arms = set(preds["arm"].unique())
-    for role, name in (("arm", arm), ("reference", reference)):
-        if name not in arms:
-            raise ValueError(f"paired_effect: {role} {name!r} not in preds['arm'] (arms: {sorted(arms)})")
-    df = preds[preds["arm"].isin([arm, reference])]
-    df = df.assign(generator_seed=df["generator_seed"].fillna(NO_GENERATOR).astype(int),
-                   classifier_seed=df["classifier_seed"].astype(int))
-    run = ["arm", "generator_seed", "classifier_seed"]
-    if df.duplicated([*run, id_col]).any():
-        raise ValueError(f"paired_effect: duplicate (arm, generator_seed, classifier_seed, {id_col}) rows")
+    df = _aligned(preds, {"arm": arm, "reference": reference}, id_col, "paired_effect")
     ref = df[df["arm"] == reference]
     if ref.groupby("classifier_seed")["generator_seed"].nunique().max() > 1:
         raise ValueError(f"paired_effect: reference {reference!r} has several runs per classifier_seed; "
@@ -132,17 +156,7 @@ def _runs(preds: pd.DataFrame, arm: str, reference: str, id_col: str):
     if unpaired:
         raise ValueError(f"paired_effect: unpaired classifier seeds: arm {arm!r} has classifier_seed(s) "
                          f"{unpaired} that reference {reference!r} lacks")
-    wide = df.pivot(index=id_col, columns=run)
-    images = ref[id_col].unique()
-    if wide["y_pred"].isna().any().any() or len(wide) != len(images):
-        raise ValueError(f"paired_effect: the runs of {arm!r} and {reference!r} cover different test images; "
-                         "evaluate every run on the same test split")
-    for col in ("y_true", "fitzpatrick_scale"):
-        values = wide[col].to_numpy()
-        if (values != values[:, :1]).any():
-            raise ValueError(f"paired_effect: {col} differs between runs for the same image")
-    y_true = wide["y_true"].iloc[:, 0].to_numpy(int)
-    fst = wide["fitzpatrick_scale"].iloc[:, 0].to_numpy(int)
+    wide, y_true, fst = _wide(df, id_col, "paired_effect")
     keys = wide["y_pred"].columns  # (arm, generator_seed, classifier_seed), sorted
     is_arm = keys.get_level_values(0) == arm
     gen = keys.get_level_values(1)[is_arm].to_numpy(int)
@@ -261,22 +275,8 @@ def arm_value(preds: pd.DataFrame, arm: str, statistic: Statistic = fnr_gap, n_b
     needs. ``preds`` as for :func:`paired_effect`. Returns ``{"arm", "statistic", "estimate",
     "ci_low", "ci_high", "level", "p_le_0", "n_boot", "n_generator_seeds", "n_classifier_seeds",
     "n_images", "n_pos", "variance_sources"}``."""
-    missing = [c for c in (*COLUMNS, id_col) if c not in preds.columns]
-    if missing:
-        raise ValueError(f"arm_value: preds lacks column(s) {missing}")
-    df = preds[preds["arm"] == arm]
-    if df.empty:
-        raise ValueError(f"arm_value: arm {arm!r} not in preds['arm'] (arms: {sorted(preds['arm'].unique())})")
-    df = df.assign(generator_seed=df["generator_seed"].fillna(NO_GENERATOR).astype(int),
-                   classifier_seed=df["classifier_seed"].astype(int))
-    if df.duplicated(["generator_seed", "classifier_seed", id_col]).any():
-        raise ValueError(f"arm_value: duplicate (generator_seed, classifier_seed, {id_col}) rows")
-    wide = df.pivot(index=id_col, columns=["generator_seed", "classifier_seed"])
-    if wide["y_pred"].isna().any().any():
-        raise ValueError(f"arm_value: the runs of {arm!r} cover different test images")
-    y_true = wide["y_true"].iloc[:, 0].to_numpy(int)
-    fst = wide["fitzpatrick_scale"].iloc[:, 0].to_numpy(int)
-    gen = wide["y_pred"].columns.get_level_values(0).to_numpy(int)
+    wide, y_true, fst = _wide(_aligned(preds, {"arm": arm}, id_col, "arm_value"), id_col, "arm_value")
+    gen = wide["y_pred"].columns.get_level_values(1).to_numpy(int)
     pred, score = wide["y_pred"].to_numpy(int).T, wide["p_melanoma"].to_numpy(float).T
 
     def stat(runs: np.ndarray, idx: np.ndarray) -> float:

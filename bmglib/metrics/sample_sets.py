@@ -33,28 +33,20 @@ def parse_variants(variants: str | Sequence[str]) -> list[str]:
     return [v.strip() for v in items if v.strip()]
 
 
-def load(profile: str, variants: str | Sequence[str], purpose: str) -> dict[str, pd.DataFrame]:
-    """variant → manifest of its ``purpose`` sample set (``eval`` or ``augment``, notebook 03)."""
-    return {v: sample.load_manifest(paths.samples_dir(profile, v, purpose)) for v in parse_variants(variants)}
+def load(profile: str, variants: str | Sequence[str], purpose: str, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """variant → manifest of its ``purpose`` sample set (``eval`` or ``augment``, notebook 03) from
+    the generator of diffusion training seed ``seed``."""
+    return {v: sample.load_manifest(paths.samples_dir(profile, v, purpose, seed)) for v in parse_variants(variants)}
 
 
 def load_seeds(profile: str, variants: str | Sequence[str], purpose: str, seeds: str | Sequence[int]) -> dict:
-    """``{generator seed: {variant: manifest}}`` of the sample sets notebook 03 wrote for each
-    generator seed (``seeds``: e.g. ``"0,1,2"`` or ``[0, 1, 2]``); a missing set names the notebook
-    and seed to run."""
+    """``{generator seed: {variant: manifest}}`` (:func:`load`) for each generator seed in ``seeds``
+    (e.g. ``"0,1,2"`` or ``[0, 1, 2]``); a missing set names its folder (``<variant>_seed<k>``) and
+    notebook 03."""
     seeds = [int(x) for x in seeds.split(",") if x.strip()] if isinstance(seeds, str) else [int(x) for x in seeds]
     if not seeds:
         raise ValueError("load_seeds: no generator seeds given")
-    out = {}
-    for g in seeds:
-        out[g] = {}
-        for v in parse_variants(variants):
-            folder = paths.samples_dir(profile, v, purpose, g)
-            if not (folder / "manifest.csv").exists():
-                raise FileNotFoundError(f"{folder}/manifest.csv not found: run notebooks 02 and 03 with "
-                                        f"PROFILE={profile!r} VARIANT={v!r} SEED={g}")
-            out[g][v] = sample.load_manifest(folder)
-    return out
+    return {g: load(profile, variants, purpose, g) for g in seeds}
 
 
 def conditioned(manifest: pd.DataFrame) -> bool:
