@@ -83,7 +83,7 @@ def main() -> None:
              hierarchical.fnr_gap, _auc(light), _auc(dark), hierarchical.es_auc]
     table = []
     for rule in RULES:
-        row = {"rule": rule, "threshold (mean)": np.mean(thresholds[rule])}
+        row = {"rule": rule, "threshold (mean)": f"{np.mean(thresholds[rule]):.3f}"}
         for stat in stats:
             r = hierarchical.arm_value(preds, rule, stat, n_boot=args.n_boot, rng=0)
             row[r["statistic"]] = f"{r['estimate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
