@@ -483,33 +483,49 @@ def protocol_predictions(real_train: pd.DataFrame, synthetic: Mapping[int, Mappi
     return pd.concat(rows, ignore_index=True)
 
 
-def decision_rules(preds: pd.DataFrame, arm: str = "real+bmg", other: str = "real+standard",
+#: rule wording of the protocol's contrasts (docs/protocol.md): the other arm → the claim a CI of
+#: Δ(arm) − Δ(other) below 0 supports; rule 3 is two-sided (it "excludes 0" either way)
+CONTRASTS = {"real+standard": "beats real+standard", "real+no_fairloss": "the fairness loss matters downstream"}
+
+
+def decision_rules(preds: pd.DataFrame, arm: str = "real+bmg",
+                   others: Sequence[str] = ("real+standard", "real+no_fairloss"),
                    reference: str = "real", n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
-    """The protocol's decision rules (docs/protocol.md) on :func:`protocol_predictions`' table, one
-    row each: the paired Δ vs ``reference`` of ``arm`` and of ``other`` and their contrast
-    Δ(arm) − Δ(other), for the primary measure (the FNR gap, rule: CI below 0) and the secondary
-    ones (overall AUC and ES-AUC, reported, no rule). Columns: rule, measure, role (primary |
-    secondary), estimate, ci_low, ci_high, mde, n_generator_seeds, n_classifier_seeds, n_images,
-    variance_sources, verdict."""
+    """The protocol's decision rules (docs/protocol.md) on :func:`protocol_predictions`' table: for
+    each measure the paired Δ vs ``reference`` of ``arm`` and of each arm of ``others`` that the
+    table holds, and the contrasts Δ(arm) − Δ(other), for the primary measure (the FNR gap; rules 1
+    and 2: CI below 0; rule 3, ``real+no_fairloss``: CI excludes 0) and the secondary ones (overall
+    AUC and ES-AUC, reported, no rule). Columns: rule, measure, role (primary | secondary), estimate,
+    ci_low, ci_high, mde, n_generator_seeds, n_classifier_seeds, n_images, variance_sources, verdict."""
+    present = set(preds["arm"])
+    if arm not in present:
+        raise ValueError(f"decision_rules: the predictions hold no {arm!r} runs (arms: {sorted(present)})")
+    others = [o for o in ([others] if isinstance(others, str) else others) if o in present]
     rows = []
     for name, stat in H.STATISTICS.items():
         role = "primary" if name == "fnr_gap" else "secondary"
-        for a in (arm, other):
+        for a in (arm, *others):
             r = H.paired_effect(preds, a, reference, stat, n_boot, seed, level)
             rows.append({"rule": f"{a} narrows the gap" if role == "primary" else f"Δ {a} − {reference}",
                          "measure": name, "role": role, **{k: r[k] for k in ("estimate", "ci_low", "ci_high", "mde")},
                          "n_generator_seeds": r["n_generator_seeds"], "n_classifier_seeds": r["n_classifier_seeds"],
                          "n_images": r["n_images"], "variance_sources": r["variance_sources"]})
-        c = H.paired_contrast(preds, arm, other, reference, stat, n_boot, seed, level)
-        rows.append({"rule": f"{arm} beats {other}" if role == "primary" else f"Δ {arm} − Δ {other}",
-                     "measure": name, "role": role, **{k: c[k] for k in ("estimate", "ci_low", "ci_high", "mde")},
-                     "n_generator_seeds": f"{c['n_generator_seeds_a']} / {c['n_generator_seeds_b']}",
-                     "n_classifier_seeds": "", "n_images": c["n_images"], "variance_sources": c["variance_sources"]})
+        for o in others:
+            c = H.paired_contrast(preds, arm, o, reference, stat, n_boot, seed, level)
+            claim = CONTRASTS.get(o, f"beats {o}")
+            rows.append({"rule": (claim if claim.startswith("the ") else f"{arm} {claim}") if role == "primary"
+                         else f"Δ {arm} − Δ {o}",
+                         "measure": name, "role": role, **{k: c[k] for k in ("estimate", "ci_low", "ci_high", "mde")},
+                         "n_generator_seeds": f"{c['n_generator_seeds_a']} / {c['n_generator_seeds_b']}",
+                         "n_classifier_seeds": "", "n_images": c["n_images"], "variance_sources": c["variance_sources"]})
     out = pd.DataFrame(rows)
     primary = out["role"] == "primary"
+    two_sided = out["rule"].str.startswith("the ")
     out["verdict"] = np.where(~primary, "secondary: no rule",
-                              np.where(out["ci_high"] < 0, "shown", np.where(out["ci_low"] > 0, "opposite shown",
-                                                                               "not shown")))
+                              np.where(out["ci_high"] < 0, "shown",
+                                       np.where(out["ci_low"] > 0, np.where(two_sided, "shown: it widens the gap",
+                                                                               "opposite shown"),
+                                                "not shown")))
     return out
 
 

@@ -236,3 +236,37 @@ def load_manifest(out_dir: str | Path) -> pd.DataFrame:
     df = pd.read_csv(path)
     df["image_path"] = [str(out_dir / p) for p in df["image_path"]]
     return schema.finalize(df, where=str(path))
+
+
+def augmentation_plan(cfg: config.Config, train_df: pd.DataFrame) -> pd.DataFrame:
+    """The quota plan of ``cfg.sampling`` (policy, per-cell count, ratio cap, budget, lesions) over
+    the real training split: how many synthetic images notebook 03 draws per FST × lesion cell."""
+    from bmglib.diffusion import balance
+
+    s = cfg.sampling
+    return balance.plan_quota(train_df, s.policy, per_cell=s.per_cell, max_ratio=s.max_ratio or None,
+                              budget=s.budget or None,
+                              lesions=tuple(s.lesions.split(",")) if s.lesions else None)
+
+
+def draw_set(cfg: config.Config, train_df: pd.DataFrame, purpose: str, plan: pd.DataFrame, seed: int,
+             trained: tuple | None = None, progress: bool = True) -> pd.DataFrame:
+    """Draw ``plan`` from the generator of ``cfg`` (its variant and ``diffusion.seed``, trained by
+    notebook 02) into ``paths.samples_dir(profile, variant, purpose, diffusion.seed)`` with the
+    sampler of ``cfg.sampling`` and batch seeds from ``seed`` (resumable,
+    :func:`generate_to_disk`); the manifest records the weights' md5 as ``model_id``.
+    ``trained``: ``train.load_trained``'s ``(model, run_cfg)``, to load the model once."""
+    from bmglib.diffusion import schedule, train
+
+    d0 = cfg.diffusion
+    run_dir = paths.run_dir(cfg.profile, d0.variant, d0.seed)
+    model, run_cfg = trained or train.load_trained(run_dir)
+    d, s = run_cfg.diffusion, cfg.sampling
+    model_id = config.file_digest(run_dir / "final" / "model.safetensors")
+    stamp = config.provenance(cfg, dataset_hash=config.hash_table(train_df), seed=seed, model_id=model_id,
+                              run_dir=str(run_dir))
+    return generate_to_disk(model, schedule.model_scheduler(model, d), plan,
+                            paths.samples_dir(cfg.profile, d0.variant, purpose, d0.seed), variant=d0.variant,
+                            fst_cond=d.fst_cond, model_id=model_id, size=d.image_size, steps=s.steps,
+                            guidance=s.guidance, sampler=s.sampler, seed=seed, batch_size=s.batch_size,
+                            provenance=stamp, progress=progress)
