@@ -17,9 +17,12 @@ SHARED_REAL ?= $(abspath ../shared/data/real)
 PAPER_VARIANTS ?= bmg standard no_fairloss no_fst_cond no_resample
 # the variants besides bmg that nbval runs 02 and 03 for (smoke: ~15 s each)
 NBVAL_VARIANTS ?= standard no_fairloss no_fst_cond no_resample
-# generator (diffusion training) seeds make paper trains and samples every variant of PAPER_VARIANTS
-# with: `make paper GENERATOR_SEEDS="0 1 2"` (each seed is its own model: data/runs/PROFILE/VARIANT_seedK)
-GENERATOR_SEEDS ?= 0
+# generator (diffusion training) seeds: seed 0 trains every variant of PAPER_VARIANTS, the others the
+# SEED_VARIANTS of the protocol's decision rules (docs/protocol.md: >= 3 seeds each); each seed is its
+# own model (data/runs/PROFILE/VARIANT_seedK). `make paper GENERATOR_SEEDS=0` is the one-seed run.
+GENERATOR_SEEDS ?= 0 1 2
+SEED_VARIANTS ?= bmg standard no_fairloss
+COMMA_SEED_VARIANTS := $(subst $(eval) ,$(comma),$(strip $(SEED_VARIANTS)))
 COMMA_VARIANTS := $(subst $(eval) ,$(comma),$(strip $(PAPER_VARIANTS)))
 COMMA_SEEDS = $(subst $(eval) ,$(comma),$(strip $(GENERATOR_SEEDS)))
 # real data / GPU users: make paper PROFILE=paper DATASET=fitzpatrick17k IMAGE_DIR=... SD_PATH=...
@@ -30,7 +33,7 @@ SD_PATH ?=
 VARIANT ?= bmg
 NB_ARGS := -p PROFILE $(PROFILE) -p DATASET $(DATASET)
 
-.PHONY: help venv readme test test-fast test-notebooks test-slow test-gpu lab paper release data data-fitzpatrick17k benchmark lint clean
+.PHONY: help venv readme experiment test test-fast test-notebooks test-slow test-gpu lab paper release data data-fitzpatrick17k benchmark lint clean
 
 help: ## print the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-22s %s\n", $$1, $$2}'
@@ -81,20 +84,22 @@ paper: $(STAMP) ## run every notebook with papermill for PROFILE (default quick)
 	@set -e; for nb in $(NOTEBOOKS); do \
 		name=$$(basename $$nb .ipynb); \
 		case $$name in \
-		02_*) for s in $(GENERATOR_SEEDS); do for v in $(PAPER_VARIANTS); do \
+		02_*) for s in $(GENERATOR_SEEDS); do vs="$(PAPER_VARIANTS)"; [ "$$s" = 0 ] || vs="$(SEED_VARIANTS)"; for v in $$vs; do \
 			tag=$$v; [ "$$s" = 0 ] || tag=$${v}_seed$$s; \
 			echo "== $$nb (PROFILE=$(PROFILE) VARIANT=$$v SEED=$$s)"; \
 			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANT $$v -p SEED $$s -p SD_PATH "$(SD_PATH)" $$nb build/$(PROFILE)/$${name}__$$tag.ipynb; \
 		done; done ;; \
-		03_*) for s in $(GENERATOR_SEEDS); do for v in $(PAPER_VARIANTS); do \
+		03_*) for s in $(GENERATOR_SEEDS); do vs="$(PAPER_VARIANTS)"; [ "$$s" = 0 ] || vs="$(SEED_VARIANTS)"; for v in $$vs; do \
 			tag=$$v; [ "$$s" = 0 ] || tag=$${v}_seed$$s; \
 			echo "== $$nb (PROFILE=$(PROFILE) VARIANT=$$v SEED=$$s)"; \
 			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANT $$v -p SEED $$s $$nb build/$(PROFILE)/$${name}__$$tag.ipynb; \
 		done; done ;; \
-		05_*) echo "== $$nb (PROFILE=$(PROFILE) GENERATOR_SEEDS=$(COMMA_SEEDS))"; \
-			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p GENERATOR_SEEDS "$(COMMA_SEEDS)" $$nb build/$(PROFILE)/$$name.ipynb ;; \
+		05_*) echo "== $$nb (PROFILE=$(PROFILE) GENERATOR_SEEDS=$(COMMA_SEEDS) PROTOCOL_VARIANTS=$(COMMA_SEED_VARIANTS))"; \
+			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p GENERATOR_SEEDS "$(COMMA_SEEDS)" \
+				-p PROTOCOL_VARIANTS "$(COMMA_SEED_VARIANTS)" $$nb build/$(PROFILE)/$$name.ipynb ;; \
 		06_*) echo "== $$nb (PROFILE=$(PROFILE) VARIANTS=$(COMMA_VARIANTS))"; \
-			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANTS "$(COMMA_VARIANTS)" $$nb build/$(PROFILE)/$$name.ipynb ;; \
+			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANTS "$(COMMA_VARIANTS)" \
+				-p GENERATOR_SEEDS "$(COMMA_SEEDS)" $$nb build/$(PROFILE)/$$name.ipynb ;; \
 		01_*) echo "== $$nb (PROFILE=$(PROFILE))"; \
 			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p IMAGE_DIR "$(IMAGE_DIR)" $$nb build/$(PROFILE)/$$name.ipynb ;; \
 		*) echo "== $$nb (PROFILE=$(PROFILE))"; \
@@ -102,6 +107,9 @@ paper: $(STAMP) ## run every notebook with papermill for PROFILE (default quick)
 		esac; \
 	done
 	@echo "executed notebooks: build/$(PROFILE)/  figures: figures/$(PROFILE)/"
+
+experiment: $(STAMP) ## the protocol's design alone (SEED_VARIANTS × GENERATOR_SEEDS → decision rules), no figures: figures/PROFILE/05_decisions.csv
+	$(PY) -m bmglib.experiment --profile $(PROFILE) --dataset $(DATASET) --variants $(COMMA_SEED_VARIANTS) --seeds $(COMMA_SEEDS)
 
 release: $(STAMP) ## VARIANT (default bmg) of PROFILE as a Hub-ready dataset (imagefolder + datasheet) and generator: data/releases/PROFILE_VARIANT
 	$(PY) -m bmglib.release --profile $(PROFILE) --variant $(VARIANT)

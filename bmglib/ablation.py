@@ -8,12 +8,16 @@ against our intervals.
     table = report.ablation_table(tidy)                 # the paper-style table (strings)
     write_table(fig_dir / "ablation_table.md", table, tables["summary"], cfg, meta, "synthetic")
     claim_verdicts(tidy)                                # claim, claimed, measured [CI], n, verdict
+    spread = seed_spread("quick", variants, "0,1,2", test_df, cfg.metrics)   # per generator seed
+    seed_claims(spread)                                 # the claims at every generator seed
 
 The tidy table has one row per (variant, measure): :data:`COLUMNS`, measures :data:`MEASURES`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from bmglib import config, report
+from bmglib.config import ImageMetricsConfig
 from bmglib.data import schema
 from bmglib.metrics import sample_sets
 from bmglib.metrics.sample_sets import Adherence, ImageQuality
@@ -156,6 +161,70 @@ def claim_verdicts(tidy: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
                      "verdict": verdict(m["ci_low"], m["ci_high"], c.threshold, c.null)})
     return pd.DataFrame(rows, columns=["claim", "claimed", "measured (95% interval)", "value", "ci_low",
                                        "ci_high", "n", "verdict"])
+
+
+# --- the claims over generator seeds ---------------------------------------------------------------
+
+
+def seed_spread(profile: str, variants: Sequence[str], seeds: str | Sequence[int], test_df: pd.DataFrame,
+                m: ImageMetricsConfig, reference: str = "bmg", progress: bool = True) -> pd.DataFrame:
+    """The two claims' measures for every generator seed of every variant that has an evaluation
+    set (03) at that seed: FID variance and SD over the six FSTs (equal N per FST, the same real test
+    reference as :func:`sample_sets.image_quality`), its ratio to ``reference``'s at the same seed,
+    and the II–III share when V–VI was asked. One row per (variant, generator_seed); a (variant,
+    seed) without an evaluation set has no row. The KID bootstrap is cut to 20 replicates: only the
+    point values are used here."""
+    seeds = [int(x) for x in seeds.split(",") if x.strip()] if isinstance(seeds, str) else [int(x) for x in seeds]
+    m = dataclasses.replace(m, n_boot=20)
+    rows, absent = [], []
+    for g in seeds:
+        sets = {}
+        for v in variants:
+            try:
+                sets[v] = sample_sets.load(profile, [v], "eval", g)[v]
+            except FileNotFoundError:
+                absent.append(f"{v} seed {g}")
+        if not sets:
+            continue
+        q = sample_sets.image_quality(test_df, sets, m, progress=progress)
+        light = sample_sets.light_shares(sets, seed=m.seed)
+        for v in sets:
+            rows.append({"variant": v, "generator_seed": g, "fid_var": float(q.spread.loc[v, "fid_var"]),
+                         "fid_sd": float(q.spread.loc[v, "fid_sd"]), "n_fst": int(q.n_fst),
+                         "light": float(light.loc[v, "share"]), "light_n": int(light.loc[v, "n"]),
+                         "light_over": light.loc[v, "over"]})
+    if absent:
+        print(f"seed_spread: no evaluation set (notebook 03) for {', '.join(absent)}: those rows are absent")
+    out = pd.DataFrame(rows, columns=["variant", "generator_seed", "fid_var", "fid_sd", "n_fst", "light",
+                                      "light_n", "light_over"])
+    ref = out[out["variant"] == reference].set_index("generator_seed")["fid_var"]
+    out["fid_var_ratio"] = out["fid_var"] / out["generator_seed"].map(ref)
+    return out
+
+
+def seed_claims(spread: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
+    """Each claim on the seed-level distribution (:func:`seed_spread`): its measure at every
+    generator seed of its variant (mean, min, max, n seeds) and a verdict by seeds — "holds at every
+    seed", "does not hold at any seed" or "k of n seeds" (a single seed says so: its spread over
+    generators is not known)."""
+    rows = []
+    for c in claims:
+        vals = spread.loc[spread["variant"] == c.variant, ["generator_seed", c.measure]].dropna()
+        if vals.empty:
+            continue
+        x = vals[c.measure].to_numpy(float)
+        k = int((x >= c.threshold).sum())
+        if len(x) == 1:
+            verdict_ = f"{'holds' if k else 'does not hold'} at the one generator seed (no seed spread)"
+        else:
+            verdict_ = ("holds at every seed" if k == len(x) else "does not hold at any seed" if k == 0
+                        else f"holds at {k} of {len(x)} seeds")
+        rows.append({"claim": c.text, "claimed": c.claimed, "variant": c.variant, "measure": c.measure,
+                     "per seed": ", ".join(f"{g}: {v:.3f}" for g, v in zip(vals["generator_seed"], x, strict=True)),
+                     "mean": float(x.mean()), "min": float(x.min()), "max": float(x.max()), "n_seeds": len(x),
+                     "verdict": verdict_})
+    return pd.DataFrame(rows, columns=["claim", "claimed", "variant", "measure", "per seed", "mean", "min", "max",
+                                       "n_seeds", "verdict"])
 
 
 # --- the table file ----------------------------------------------------------------------------------

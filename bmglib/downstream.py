@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -495,7 +496,8 @@ def decision_rules(preds: pd.DataFrame, arm: str = "real+bmg",
     each measure the paired Δ vs ``reference`` of ``arm`` and of each arm of ``others`` that the
     table holds, and the contrasts Δ(arm) − Δ(other), for the primary measure (the FNR gap; rules 1
     and 2: CI below 0; rule 3, ``real+no_fairloss``: CI excludes 0) and the secondary ones (overall
-    AUC and ES-AUC, reported, no rule). Columns: rule, measure, role (primary | secondary), estimate,
+    AUC and ES-AUC, reported, no rule). Columns: rule, arm, versus (``reference`` for a paired Δ, the
+    other arm for a contrast), measure, role (primary | secondary), estimate,
     ci_low, ci_high, mde, n_generator_seeds, n_classifier_seeds, n_images, variance_sources, verdict."""
     present = set(preds["arm"])
     if arm not in present:
@@ -507,7 +509,7 @@ def decision_rules(preds: pd.DataFrame, arm: str = "real+bmg",
         for a in (arm, *others):
             r = H.paired_effect(preds, a, reference, stat, n_boot, seed, level)
             rows.append({"rule": f"{a} narrows the gap" if role == "primary" else f"Δ {a} − {reference}",
-                         "measure": name, "role": role, **{k: r[k] for k in ("estimate", "ci_low", "ci_high", "mde")},
+                         "arm": a, "versus": reference, "measure": name, "role": role, **{k: r[k] for k in ("estimate", "ci_low", "ci_high", "mde")},
                          "n_generator_seeds": r["n_generator_seeds"], "n_classifier_seeds": r["n_classifier_seeds"],
                          "n_images": r["n_images"], "variance_sources": r["variance_sources"]})
         for o in others:
@@ -515,7 +517,7 @@ def decision_rules(preds: pd.DataFrame, arm: str = "real+bmg",
             claim = CONTRASTS.get(o, f"beats {o}")
             rows.append({"rule": (claim if claim.startswith("the ") else f"{arm} {claim}") if role == "primary"
                          else f"Δ {arm} − Δ {o}",
-                         "measure": name, "role": role, **{k: c[k] for k in ("estimate", "ci_low", "ci_high", "mde")},
+                         "arm": arm, "versus": o, "measure": name, "role": role, **{k: c[k] for k in ("estimate", "ci_low", "ci_high", "mde")},
                          "n_generator_seeds": f"{c['n_generator_seeds_a']} / {c['n_generator_seeds_b']}",
                          "n_classifier_seeds": "", "n_images": c["n_images"], "variance_sources": c["variance_sources"]})
     out = pd.DataFrame(rows)
@@ -527,6 +529,177 @@ def decision_rules(preds: pd.DataFrame, arm: str = "real+bmg",
                                                                                "opposite shown"),
                                                 "not shown")))
     return out
+
+
+def generator_effects(preds: pd.DataFrame, arms: Sequence[str] | None = None, measure: str = "fnr_gap",
+                      reference: str = "real", n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """The paired Δ vs ``reference`` of ``measure`` (a key of ``hierarchical.STATISTICS``) for each
+    generator seed of each arm on its own (CI over that generator's classifier seeds and the test
+    images): the generator's spread, which the pooled rows of :func:`decision_rules` resample.
+    Columns: arm, generator_seed, estimate, ci_low, ci_high, n_classifier_seeds, n_images."""
+    if measure not in H.STATISTICS:
+        raise ValueError(f"generator_effects: measure {measure!r} is not one of {sorted(H.STATISTICS)}")
+    arms = [a for a in preds["arm"].unique() if a != reference] if arms is None else list(arms)
+    ref = preds[preds["arm"] == reference]
+    rows = []
+    for a in arms:
+        own = preds[preds["arm"] == a]
+        if own.empty:
+            raise ValueError(f"generator_effects: the predictions hold no {a!r} runs")
+        for g, part in own.groupby("generator_seed"):
+            r = H.paired_effect(pd.concat([part, ref]), a, reference, H.STATISTICS[measure], n_boot, seed, level)
+            rows.append({"arm": a, "generator_seed": int(g), "measure": measure,
+                         **{k: r[k] for k in ("estimate", "ci_low", "ci_high", "n_classifier_seeds", "n_images")}})
+    return pd.DataFrame(rows)
+
+
+def run_protocol(profile: str, variants: str | Sequence[str], generator_seeds: str | Sequence[int],
+                 train_df: pd.DataFrame, val_df: pd.DataFrame, test_df: pd.DataFrame, cfg: DownstreamConfig,
+                 out_dir: str | Path, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Notebook 05's protocol cell and ``python -m bmglib.experiment``'s last stage: the augmentation
+    sets of ``variants`` × ``generator_seeds`` (notebook 03), :func:`protocol_predictions` (cached
+    runs) and :func:`decision_rules`; writes ``05_protocol_predictions.csv.gz`` and
+    ``05_decisions.csv`` to ``out_dir``. Returns ``(predictions, decisions)``."""
+    from bmglib import report
+    from bmglib.diffusion import sample
+    from bmglib.metrics import sample_sets
+
+    synthetic = sample_sets.load_seeds(profile, variants, "augment", generator_seeds)
+    preds = protocol_predictions(train_df, synthetic, val_df, test_df, cfg, progress=progress)
+    decisions = decision_rules(preds, n_boot=cfg.n_boot, seed=cfg.seed)
+    out_dir = Path(out_dir)
+    preds.to_csv(out_dir / "05_protocol_predictions.csv.gz", index=False)
+    decisions.to_csv(out_dir / "05_decisions.csv", index=False)
+    model_ids = {f"real+{v}": {g: sample.set_model_id(paths.samples_dir(profile, v, "augment", g)) for g in synthetic}
+                 for v in next(iter(synthetic.values()))}
+    summary = protocol_summary(preds, decisions, model_ids, n_boot=cfg.n_boot, seed=cfg.seed)
+    summary.to_csv(out_dir / "05_protocol_summary.csv", index=False)
+    stamp = config.provenance(None, seed=cfg.seed, generator_seeds=list(synthetic), downstream=dataclasses.asdict(cfg))
+    (out_dir / "protocol_table.md").write_text(
+        f"# The protocol's result · {profile}\n\ncommit {stamp['git_commit']} · {stamp['created_utc']} · "
+        f"{cfg.arch} width {cfg.width} · threshold {cfg.threshold} (target sensitivity {cfg.target_sensitivity}) · "
+        f"generator seeds {', '.join(map(str, synthetic))} × {cfg.seeds} classifier seeds each\n\n"
+        + report.to_markdown(report.protocol_table(summary)) + "\n\n" + report.PROTOCOL_NOTE + "\n")
+    return preds, decisions
+
+
+def _doses(doses: str | Sequence[float]) -> list[float]:
+    out = [float(x) for x in doses.split(",") if x.strip()] if isinstance(doses, str) else [float(x) for x in doses]
+    if not out or any(d <= 0 for d in out):
+        raise ValueError(f"dose_response: doses must be positive multiples of the augmentation budget, got {doses!r}")
+    return out
+
+
+def _extra_set(profile: str, variant: str, generator_seed: int, k: int, train_df: pd.DataFrame,
+               progress: bool) -> pd.DataFrame:
+    """The k-th extra augmentation set of a generator for doses > 1: notebook 03's plan again, drawn
+    with batch seeds from ``sampling.seed + 100 + k`` into ``augment_extra<k>`` (resumable)."""
+    from bmglib.diffusion import sample
+
+    cfg = config.with_variant(config.get_config(profile, {"diffusion.seed": generator_seed}), variant)
+    return sample.draw_set(cfg, train_df, f"augment_extra{k}", sample.augmentation_plan(cfg, train_df),
+                           cfg.sampling.seed + 100 + k, progress=progress)
+
+
+def dose_response(profile: str, variants: str | Sequence[str], doses: str | Sequence[float],
+                  train_df: pd.DataFrame, val_df: pd.DataFrame, test_df: pd.DataFrame, cfg: DownstreamConfig,
+                  generator_seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """The downstream effect at several sizes of the synthetic set (Sagers et al.'s dose–response):
+    for each dose d (a multiple of the protocol's augmentation set, the smallest of ``variants``' sets
+    of ``generator_seed``), the arms ``real+<variant>`` with ⌊d·n⌉ synthetic images, trained at the
+    classifier seeds ``cfg.seed`` … ``+ cfg.seeds − 1`` beside the real-only runs of the same seeds.
+    d ≤ 1: a cell-stratified subset of the set notebook 03 drew (d = 1 is the protocol's own arm, read
+    from the cache); d > 1: that set plus ⌈d⌉ − 1 more draws of the same plan from the same generator
+    with new noise seeds (``samples/<profile>/<variant>/augment_extra<k>``, resumable), cut to ⌊d·n⌉
+    by cell.
+    Returns the long prediction table of :func:`protocol_predictions` with a ``dose`` and an
+    ``n_synthetic`` column (real-only rows: dose 0, n_synthetic 0)."""
+    from bmglib.metrics import sample_sets
+
+    variants, doses = sample_sets.parse_variants(variants), _doses(doses)
+    base = sample_sets.load(profile, variants, "augment", generator_seed)
+    n = min(len(m) for m in base.values())
+    seeds = range(cfg.seed, cfg.seed + cfg.seeds)
+    split = cfg.seed + generator_seed  # build_arms' subsampling seed, as in protocol_predictions
+    rows = []
+    for dose in doses:
+        if dose <= 1:
+            sets = {v: subsample_stratified(m, round(dose * n), split) for v, m in base.items()}
+        else:  # the protocol's set plus ⌈d⌉ − 1 more of the same plan, new noise seeds
+            extra = {v: [_extra_set(profile, v, generator_seed, k, train_df, progress)
+                         for k in range(1, math.ceil(dose))] for v in variants}
+            sets = {v: subsample_stratified(pd.concat([base[v], *extra[v]], ignore_index=True), round(dose * n), split)
+                    for v in variants}
+        for arm, table in build_arms(train_df, sets, seed=split).items():
+            if arm == "real":
+                continue
+            k = int((table["train_source"] == "synthetic").sum())
+            for c in seeds:
+                r = run_arm(arm, table, val_df, test_df, cfg, c, progress=progress)
+                rows.append(r.predictions.assign(generator_seed=generator_seed, classifier_seed=c, dose=dose,
+                                                 n_synthetic=k))
+    real = train_df.assign(train_source="real")
+    for c in seeds:
+        r = run_arm("real", real, val_df, test_df, cfg, c, progress=progress)
+        rows.append(r.predictions.assign(generator_seed=-1, classifier_seed=c, dose=0.0, n_synthetic=0))
+    return pd.concat(rows, ignore_index=True)
+
+
+def dose_effects(preds: pd.DataFrame, measure: str = "fnr_gap", reference: str = "real", n_boot: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """Per (arm, dose) of :func:`dose_response`' table: the paired Δ of ``measure`` vs real-only
+    with its CI (classifier seeds and test images; one generator) and the number of synthetic
+    images. Columns: arm, dose, n_synthetic, estimate, ci_low, ci_high, n_classifier_seeds, n_images,
+    variance_sources."""
+    ref = preds[preds["arm"] == reference]
+    rows = []
+    for (arm, dose), part in preds[preds["arm"] != reference].groupby(["arm", "dose"], sort=False):
+        r = H.paired_effect(pd.concat([part, ref]), arm, reference, H.STATISTICS[measure], n_boot, seed, level)
+        rows.append({"arm": arm, "dose": dose, "n_synthetic": int(part["n_synthetic"].iloc[0]), "measure": measure,
+                     **{k: r[k] for k in ("estimate", "ci_low", "ci_high", "n_classifier_seeds", "n_images",
+                                          "variance_sources")}})
+    return pd.DataFrame(rows).sort_values(["arm", "dose"]).reset_index(drop=True)
+
+
+#: the arms' measures of the headline table: column prefix → (statistic, its label)
+SUMMARY_MEASURES = {"fnr_gap": "FNR gap IV–VI − I–III", "auc_overall": "AUC", "es_auc": "ES-AUC"}
+
+
+def protocol_summary(preds: pd.DataFrame, decisions: pd.DataFrame, model_ids: Mapping[str, Mapping[int, str]],
+                     n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """One row per arm of the protocol's table (:func:`protocol_predictions`): every measure of
+    :data:`SUMMARY_MEASURES` with its hierarchical CI (``hierarchical.arm_value``), the primary
+    measure's paired Δ vs real-only and its verdict from ``decisions`` (:func:`decision_rules`),
+    sensitivity and specificity per FST group at the validation-chosen threshold (means over runs),
+    the N and melanoma counts per group, the runs, the generator ``model_id`` per seed and the
+    variance sources."""
+    rows = []
+    primary = decisions[(decisions["measure"] == "fnr_gap") & (decisions["versus"] == "real")].set_index("arm")
+    for arm in dict.fromkeys(preds["arm"]):
+        part = preds[preds["arm"] == arm]
+        row: dict = {"arm": arm}
+        for name in SUMMARY_MEASURES:
+            r = H.arm_value(preds, arm, H.STATISTICS[name], n_boot, seed, level)
+            row.update({name: r["estimate"], f"{name}_ci_low": r["ci_low"], f"{name}_ci_high": r["ci_high"]})
+        row["variance_sources"] = r["variance_sources"]
+        if arm in primary.index:
+            d = primary.loc[arm]
+            row.update({"delta_fnr_gap": d["estimate"], "delta_ci_low": d["ci_low"], "delta_ci_high": d["ci_high"],
+                        "mde": d["mde"], "verdict": d["verdict"]})
+        first = part[part["classifier_seed"] == part["classifier_seed"].iloc[0]]
+        first = first[first["generator_seed"] == first["generator_seed"].iloc[0]]
+        for grp, levels in (("I-III", (1, 2, 3)), ("IV-VI", (4, 5, 6))):
+            sel = part["fitzpatrick_scale"].isin(levels)
+            pos, neg = sel & (part["y_true"] == 1), sel & (part["y_true"] == 0)
+            row[f"sensitivity {grp}"] = float(part.loc[pos, "y_pred"].mean())
+            row[f"specificity {grp}"] = float(1 - part.loc[neg, "y_pred"].mean())
+            g = first[first["fitzpatrick_scale"].isin(levels)]
+            row[f"n {grp}"], row[f"n_pos {grp}"] = len(g), int(g["y_true"].sum())
+        row["n_generator_seeds"] = int(part["generator_seed"].nunique()) if arm != "real" else 0
+        row["n_runs"] = int(part.groupby(["generator_seed", "classifier_seed"]).ngroups)
+        row["model_id"] = ", ".join(f"{g}: {m[:8]}" for g, m in model_ids.get(arm, {}).items()) or "—"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def evaluate_arms(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0,

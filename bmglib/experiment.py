@@ -61,14 +61,10 @@ def run(profile: str, variants: Sequence[str], seeds: Sequence[int], dataset: st
             aug = sample.draw_set(cfg, train_df, "augment", plan, cfg.sampling.seed, progress=progress)
             _stage(log, "augment", v, g, t0, n_images=len(aug))
         t0 = time.perf_counter()
-        synthetic = sample_sets.load_seeds(profile, variants, "augment", seeds[: i + 1])
-        preds = downstream.protocol_predictions(train_df, synthetic, val_df, test_df, base.downstream,
-                                                progress=progress)
-        _stage(log, "classifiers", ",".join(variants), g, t0,
+        preds, decisions = downstream.run_protocol(profile, variants, seeds[: i + 1], train_df, val_df, test_df,
+                                                   base.downstream, out, progress)
+        _stage(log, "classifiers+rules", ",".join(variants), g, t0,
                n_runs=int(preds.groupby(["arm", "classifier_seed"]).ngroups))
-        preds.to_csv(out / "05_protocol_predictions.csv.gz", index=False)
-        decisions = downstream.decision_rules(preds, n_boot=base.downstream.n_boot, seed=base.downstream.seed)
-        decisions.to_csv(out / "05_decisions.csv", index=False)
         pd.DataFrame(log).to_csv(out / "experiment_stages.csv", index=False)
     return decisions
 

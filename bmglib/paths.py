@@ -55,7 +55,8 @@ def run_dir(profile: str, variant: str, seed: int = 0) -> Path:
 
 def samples_dir(profile: str, variant: str, purpose: str, seed: int = 0) -> Path:
     """A synthetic sample set on disk (PNGs + ``manifest.csv``) of the generator (variant, seed):
-    ``purpose`` ``augment`` (03, the quota plan) or ``eval`` (04, balanced per cell)."""
+    ``purpose`` ``augment`` (03, the quota plan), ``eval`` (04, balanced per cell) or
+    ``augment_extra<k>`` (05's dose–response above 1×: the augment plan again, new noise)."""
     return data_root() / "samples" / profile / model_name(variant, seed) / purpose
 
 

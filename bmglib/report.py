@@ -228,6 +228,64 @@ def results_table(per_group: pd.DataFrame, summary: pd.DataFrame,
     return pd.DataFrame(rows).set_index("arm")
 
 
+#: the footnote of ``protocol_table.md``
+PROTOCOL_NOTE = ("FNR gap = FNR(IV–VI) − FNR(I–III) at the threshold chosen on the real validation split "
+                 "(primary; > 0: melanomas on darker skin are missed more). Δ: paired with real-only at the same "
+                 "classifier seed and test images (docs/protocol.md); mde: the smallest Δ this design detects with "
+                 "80% power. Sensitivity/specificity: means over the runs. CIs: 95% hierarchical bootstrap over "
+                 "generator seeds, classifier seeds and test images within FST (real-only: classifier seeds and test "
+                 "images). model_id: the first 8 hex digits of each generator's weights (md5), by generator seed.")
+
+
+def protocol_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The headline table (``protocol_table.md``) from :func:`bmglib.downstream.protocol_summary`:
+    one row per arm, CIs in brackets, the seed paper's claims in their own column."""
+    rows = []
+    for _, r in summary.iterrows():
+        row = {"arm": r["arm"],
+               "FNR gap IV–VI − I–III": f"{_f3(r['fnr_gap'])} [{_f3(r['fnr_gap_ci_low'])}, {_f3(r['fnr_gap_ci_high'])}]"}
+        if pd.notna(r.get("delta_fnr_gap")):
+            row["Δ FNR gap vs real"] = (f"{_f3(r['delta_fnr_gap'])} [{_f3(r['delta_ci_low'])}, {_f3(r['delta_ci_high'])}]"
+                                        f" (mde {r['mde']:.3f}): {r['verdict']}")
+        else:
+            row["Δ FNR gap vs real"] = "—"
+        for name, label in (("auc_overall", "AUC"), ("es_auc", "ES-AUC")):
+            row[label] = f"{r[name]:.3f} [{r[f'{name}_ci_low']:.3f}, {r[f'{name}_ci_high']:.3f}]"
+        row["sens I–III / IV–VI"] = f"{r['sensitivity I-III']:.3f} / {r['sensitivity IV-VI']:.3f}"
+        row["spec I–III / IV–VI"] = f"{r['specificity I-III']:.3f} / {r['specificity IV-VI']:.3f}"
+        row["n test (mel) I–III / IV–VI"] = (f"{int(r['n I-III'])} ({int(r['n_pos I-III'])}) / "
+                                             f"{int(r['n IV-VI'])} ({int(r['n_pos IV-VI'])})")
+        row["generator × classifier runs"] = (f"{int(r['n_generator_seeds'])} gen., {int(r['n_runs'])} runs"
+                                              if r["arm"] != "real" else f"{int(r['n_runs'])} runs")
+        row["model_id (generator seed: md5)"] = r["model_id"]
+        row["claimed (seed paper)"] = CLAIMED.get(r["arm"], "")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("arm")
+
+
+def plot_dose_response(effects: pd.DataFrame, title: str = "", save_to=None):
+    """Paired Δ (95% CI) of each arm against the size of its synthetic set
+    (:func:`bmglib.downstream.dose_effects`), one line per arm; the x axis is the number of
+    synthetic images, labelled with the dose."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for k, (arm, g) in enumerate(effects.groupby("arm", sort=False)):
+        x = g["n_synthetic"].to_numpy(float) * (1 + 0.02 * (k - 0.5))  # a small offset keeps the bars apart
+        ax.errorbar(x, g["estimate"], yerr=[g["estimate"] - g["ci_low"], g["ci_high"] - g["estimate"]],
+                    marker="o", capsize=3, label=arm)
+    ax.axhline(0, color="0.3", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    doses = effects.drop_duplicates("dose").sort_values("dose")
+    ax.set_xticks(doses["n_synthetic"], [f"{d:g}× ({n})" for d, n in zip(doses["dose"], doses["n_synthetic"], strict=True)],
+                  fontsize=8)
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    measure = effects["measure"].iloc[0]
+    ax.set(xlabel="synthetic images added (dose × the protocol's set)", ylabel=f"Δ {measure} vs real-only")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{title}\nCIs: {effects['variance_sources'].iloc[0]}", fontsize=9)
+    fig.tight_layout()
+    return save(fig, save_to)
+
+
 def plot_arm_metrics(per_fst: pd.DataFrame, metrics=("sensitivity", "accuracy", "auc"),
                      title: str = "", save_to=None):
     """Per-FST bars per arm, with the image-bootstrap 95% CI of the seed mean as error bars.
@@ -248,6 +306,45 @@ def plot_arm_metrics(per_fst: pd.DataFrame, metrics=("sensitivity", "accuracy", 
     axes[0, 0].legend(fontsize=8)
     n_pos = t.groupby("group")["n_pos"].first()
     fig.suptitle(f"{title} (melanomas per FST: {n_pos.to_dict()})", fontsize=9)
+    fig.tight_layout()
+    return save(fig, save_to)
+
+
+def plot_protocol(decisions: pd.DataFrame, per_generator: pd.DataFrame | None = None, title: str = "",
+                  save_to=None):
+    """The decision rules as a forest plot, one panel per measure: each row of
+    :func:`bmglib.downstream.decision_rules` with its 95% CI (black; the primary measure's verdict
+    beside it) and, given ``per_generator`` (:func:`bmglib.downstream.generator_effects`), each
+    generator seed's own Δ and CI (grey) under the pooled one."""
+    measures = list(dict.fromkeys(decisions["measure"]))
+    fig, axes = plt.subplots(1, len(measures), figsize=(5.2 * len(measures), 0.55 * len(decisions) / len(measures) + 1.6 +
+                                                        (0 if per_generator is None else 0.12 * len(per_generator))),
+                             squeeze=False)
+    for ax, m in zip(axes[0], measures, strict=True):
+        d = decisions[decisions["measure"] == m].reset_index(drop=True)
+        labels, y = [], 0.0
+        for _, r in d.iterrows():
+            ax.errorbar(r["estimate"], -y, xerr=[[r["estimate"] - r["ci_low"]], [r["ci_high"] - r["estimate"]]],
+                        fmt="o", color="black", capsize=3)
+            if r["role"] == "primary":
+                ax.annotate(r["verdict"], (r["ci_high"], -y), xytext=(4, 0), textcoords="offset points",
+                            va="center", fontsize=7)
+            labels.append((-y, r["rule"]))
+            y += 1
+            if per_generator is not None and r["versus"] == "real":
+                g = per_generator[(per_generator["arm"] == r["arm"]) & (per_generator["measure"] == m)]
+                for _, gr in g.iterrows():
+                    ax.errorbar(gr["estimate"], -y + 0.35, xerr=[[gr["estimate"] - gr["ci_low"]],
+                                                                  [gr["ci_high"] - gr["estimate"]]],
+                                fmt=".", color="0.6", capsize=1.5, lw=0.8)
+                    labels.append((-y + 0.35, f"  generator seed {gr['generator_seed']}"))
+                    y += 0.35
+                y += 0.3 * bool(len(g))
+        ax.axvline(0, color="0.3", lw=0.8, ls="--")
+        ax.set_yticks([t for t, _ in labels], [lab for _, lab in labels], fontsize=7)
+        ax.set(title=f"Δ {m} vs real-only ({d['role'].iloc[0]})", xlabel="paired Δ (95% CI)")
+    src = decisions["variance_sources"].iloc[0]
+    fig.suptitle(f"{title}\nCIs cover: {src}", fontsize=9)
     fig.tight_layout()
     return save(fig, save_to)
 
@@ -364,9 +461,33 @@ def plot_ablation(tidy: pd.DataFrame, reference: str = "bmg", title: str = "", s
 # --- README and docs/ ------------------------------------------------------------------------
 
 README_BEGIN, README_END = "<!-- results:begin (make readme) -->", "<!-- results:end -->"
-#: The columns of 05's results table that the README's headline keeps (docs/results.md has all).
-HEADLINE_COLUMNS = ("arm", "EDFR", "gap (acc I–III − IV–VI)", "n test (mel) I–III / IV–VI", "seeds",
-                    "claimed (seed paper)")
+#: The columns of 05's protocol table (``protocol_table.md``) that the README's headline keeps
+#: (docs/results.md has all of them)
+HEADLINE_COLUMNS = ("arm", "FNR gap IV–VI − I–III", "Δ FNR gap vs real", "ES-AUC", "n test (mel) I–III / IV–VI",
+                    "generator × classifier runs", "model_id (generator seed: md5)", "claimed (seed paper)")
+
+
+def plot_seed_spread(spread: pd.DataFrame, title: str = "", save_to=None):
+    """The ablation claims' measures per generator seed (:func:`bmglib.ablation.seed_spread`): one
+    point per (variant, seed), the seeds' mean as a bar outline, the claimed values as dashed lines."""
+    panels = (("fid_var_ratio", "FID variance over FST ÷ bmg's (same seed)", 4.0),
+              ("light", "II–III share when V–VI was asked", 0.9))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    variants = list(dict.fromkeys(spread["variant"]))
+    for ax, (col, label, claimed) in zip(axes, panels, strict=True):
+        for k, v in enumerate(variants):
+            x = spread.loc[spread["variant"] == v, col].dropna()
+            if len(x):
+                ax.bar(k, x.mean(), 0.6, fill=False, edgecolor="0.4")
+                ax.scatter(np.full(len(x), k), x, s=18, zorder=3)
+        ax.axhline(claimed, color="tab:red", ls="--", lw=0.9, label=f"seed paper's claim ({claimed:g})")
+        ax.set_xticks(range(len(variants)), variants, rotation=20, fontsize=8)
+        ax.set(title=label, ylabel=col)
+        ax.legend(fontsize=7)
+    n = spread.groupby("variant")["generator_seed"].nunique().to_dict()
+    fig.suptitle(f"{title} (generator seeds per variant: {n})", fontsize=9)
+    fig.tight_layout()
+    return save(fig, save_to)
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -427,21 +548,29 @@ def select_columns(table_md: str, columns: tuple[str, ...] = HEADLINE_COLUMNS) -
 
 #: what ``make readme`` splices: (target file, marker name, table files under figures/<profile>/)
 SPLICES = (
-    ("README.md", "headline", ("results_table.md",)),
-    ("docs/results.md", "results", ("results_table.md", "ablation_table.md")),
+    ("README.md", "headline", ("protocol_table.md",)),
+    ("docs/results.md", "results", ("protocol_table.md", "results_table.md", "ablation_table.md")),
     ("docs/benchmark.md", "probe", ("probe_table_synthetic.md",)),
 )
 
 
-def splice_all(profile: str = "quick", root: str | Path | None = None) -> list[str]:
-    """``make readme``: every block of :data:`SPLICES` from ``figures/<profile>/``; the README
-    headline keeps :data:`HEADLINE_COLUMNS` of the results table. Returns the files written."""
+def splice_all(profile: str = "quick", root: str | Path | None = None,
+               only: tuple[str, ...] | None = None) -> list[str]:
+    """``make readme``: every block of :data:`SPLICES` (or the marker names in ``only``) from
+    ``figures/<profile>/``; the README headline keeps :data:`HEADLINE_COLUMNS` of the protocol
+    table. Returns the files written."""
     from bmglib import paths
 
     root = Path(root) if root is not None else paths.REPO_ROOT
     fig = root / "figures" / profile
+    names = {name for _, name, _ in SPLICES}
+    unknown = sorted(set(only or ()) - names)
+    if unknown:
+        raise ValueError(f"splice_all: unknown block(s) {unknown}; the blocks are {sorted(names)}")
     done = []
     for target, name, files in SPLICES:
+        if only is not None and name not in only:
+            continue
         blocks = _read_tables([fig / f for f in files])
         if name == "headline":
             blocks = [select_columns(b) for b in blocks]
@@ -456,5 +585,7 @@ if __name__ == "__main__":  # python -m bmglib.report [--profile quick]
     ap = argparse.ArgumentParser(prog="python -m bmglib.report",
                                  description="splice the generated tables into README.md and docs/")
     ap.add_argument("--profile", default="quick")
-    for item in splice_all(ap.parse_args().profile):
+    ap.add_argument("--only", default="", help="comma-separated block names (headline, results, probe); default all")
+    a = ap.parse_args()
+    for item in splice_all(a.profile, only=tuple(a.only.split(",")) if a.only else None):
         print("spliced", item)

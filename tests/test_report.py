@@ -98,8 +98,21 @@ commit abc · 2026-11-25 · resnet18 width 16, 3 seeds
 """
 
 
+RESULTS_COLUMNS = ("arm", "EDFR", "gap (acc I–III − IV–VI)", "n test (mel) I–III / IV–VI", "seeds",
+                   "claimed (seed paper)")
+
+PROTOCOL_MD = """# The protocol's result · quick
+
+commit abc · 2026-12-02 · resnet18 width 16
+
+| arm | FNR gap IV–VI − I–III | Δ FNR gap vs real | AUC | ES-AUC | n test (mel) I–III / IV–VI | generator × classifier runs | model_id (generator seed: md5) | claimed (seed paper) |
+|---|---|---|---|---|---|---|---|---|
+| real | 0.179 [0.085, 0.271] | — | 0.91 [0.90, 0.92] | 0.86 [0.85, 0.87] | 480 (120) / 480 (120) | 9 runs | — | EDFR 0.21 |
+"""
+
+
 def test_the_headline_keeps_the_named_columns_and_the_stamp():
-    out = report.select_columns(RESULTS_MD)
+    out = report.select_columns(RESULTS_MD, RESULTS_COLUMNS)
     assert out.splitlines()[0] == "*Results · synthetic · quick* · commit abc · 2026-11-25 · resnet18 width 16, 3 seeds"
     assert "| arm | EDFR | gap (acc I–III − IV–VI) | n test (mel) I–III / IV–VI | seeds | claimed (seed paper) |" in out
     assert "| real | 0.036 ± 0.019 [-0.008, 0.089] | -0.058 | 480 (120) / 480 (120) | 3 | gap 27% |" in out
@@ -116,13 +129,21 @@ def test_make_readme_splices_every_block_from_the_profile_figures(tmp_path):
         begin, end = report.markers(name)
         (tmp_path / target).write_text(f"text\n{begin}\nold\n{end}\nmore\n")
     (fig / "results_table.md").write_text(RESULTS_MD)
+    (fig / "protocol_table.md").write_text(PROTOCOL_MD)
     (fig / "ablation_table.md").write_text("# Ablation\n\ncommit abc\n\n| variant |\n|---|\n| bmg |\n")
     with pytest.raises(FileNotFoundError, match="probe_table_synthetic.md"):
         report.splice_all("quick", tmp_path)
     (fig / "probe_table_synthetic.md").write_text("# Bias probe\n\ncommit abc\n\n| seed |\n|---|\n| 0 |\n")
     assert len(report.splice_all("quick", tmp_path)) == len(report.SPLICES)
     readme = (tmp_path / "README.md").read_text()
-    assert "old" not in readme and "| real | 0.036" in readme and "FID" not in readme
+    assert "old" not in readme and "| real | 0.179 [0.085, 0.271] | — | 0.86 [0.85, 0.87] |" in readme
+    assert "| AUC |" not in readme  # a column the headline leaves to docs/results.md
     results = (tmp_path / "docs" / "results.md").read_text()
+    assert "### The protocol's result · quick" in results and "| AUC |" in results
     assert "### Results · synthetic · quick" in results and "### Ablation" in results and "FID I-III" in results
     assert "| 0 |" in (tmp_path / "docs" / "benchmark.md").read_text()
+    (fig / "protocol_table.md").write_text(PROTOCOL_MD.replace("0.179", "0.150"))
+    assert report.splice_all("quick", tmp_path, only=("headline",)) == ["README.md (headline)"]
+    assert "0.150" in (tmp_path / "README.md").read_text() and "0.179" in (tmp_path / "docs" / "results.md").read_text()
+    with pytest.raises(ValueError, match="unknown block"):
+        report.splice_all("quick", tmp_path, only=("headlines",))

@@ -227,6 +227,14 @@ def generate_to_disk(model: torch.nn.Module, train_scheduler, plan: pd.DataFrame
     return load_manifest(out_dir)
 
 
+def set_model_id(out_dir: str | Path) -> str:
+    """The ``model_id`` (md5 of the generator's weights) a sample set in ``out_dir`` was drawn with."""
+    params = Path(out_dir) / "params.json"
+    if not params.exists():
+        raise FileNotFoundError(f"{params} not found: run notebooks/03_balanced_sampling.ipynb first")
+    return json.loads(params.read_text())["model_id"]
+
+
 def load_manifest(out_dir: str | Path) -> pd.DataFrame:
     """A sample set's ``manifest.csv`` as a validated schema table (absolute ``image_path``)."""
     out_dir = Path(out_dir).resolve()
