@@ -247,6 +247,7 @@ def protocol_table(summary: pd.DataFrame) -> pd.DataFrame:
     """The headline table (``protocol_table.md``) from :func:`bmglib.downstream.protocol_summary`:
     one row per arm, CIs in brackets, the seed paper's claims in their own column."""
     rows = []
+    summary = summary.sort_values("arm", key=lambda a: a != "real", kind="stable")  # the reference first
     for _, r in summary.iterrows():
         row = {"arm": r["arm"],
                "FNR gap IV–VI − I–III": f"{_f3(r['fnr_gap'])} [{_f3(r['fnr_gap_ci_low'])}, {_f3(r['fnr_gap_ci_high'])}]"}

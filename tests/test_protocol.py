@@ -100,6 +100,8 @@ def test_protocol_summary_and_table_one_row_per_arm_with_model_ids():
     assert s.loc["real+bmg", "delta_fnr_gap"] < 0 and pd.isna(s.loc["real", "delta_fnr_gap"])
     assert s.loc["real+bmg", "sensitivity IV-VI"] > s.loc["real", "sensitivity IV-VI"] + 0.2
     table = report.protocol_table(summary)
+    assert list(table.index) == ["real", *EFFECTS]
+    assert list(report.protocol_table(summary.iloc[::-1]).index) == ["real", *reversed(EFFECTS)]  # real first
     assert table.loc["real", "Δ FNR gap vs real"] == "—" and "shown" in table.loc["real+bmg", "Δ FNR gap vs real"]
     assert set(report.HEADLINE_COLUMNS) - {"arm"} <= set(table.columns)
 
