@@ -174,7 +174,7 @@ def seed_spread(profile: str, variants: Sequence[str], seeds: str | Sequence[int
     and the II–III share when V–VI was asked. One row per (variant, generator_seed); a (variant,
     seed) without an evaluation set has no row. The KID bootstrap is cut to 20 replicates: only the
     point values are used here."""
-    seeds = [int(x) for x in seeds.split(",") if x.strip()] if isinstance(seeds, str) else [int(x) for x in seeds]
+    seeds = sample_sets.parse_seeds(seeds)
     m = dataclasses.replace(m, n_boot=20)
     rows, absent = [], []
     for g in seeds:

@@ -531,25 +531,32 @@ def decision_rules(preds: pd.DataFrame, arm: str = "real+bmg",
     return out
 
 
+def _effects_within(preds: pd.DataFrame, part_of: str, measure: str, reference: str, n_boot: int, seed: int,
+                    level: float, arms: Sequence[str] | None = None) -> list[tuple[tuple, pd.DataFrame, dict]]:
+    """For each arm (all but ``reference``, or ``arms``) and each value of column ``part_of``: the
+    paired Δ of ``measure`` of that part of the arm's runs vs all reference runs, as ``((arm, value),
+    part, hierarchical.paired_effect result)``, arm by arm and by sorted value."""
+    if measure not in H.STATISTICS:
+        raise ValueError(f"measure {measure!r} is not one of {sorted(H.STATISTICS)}")
+    arms = [a for a in preds["arm"].unique() if a != reference] if arms is None else list(arms)
+    missing = [a for a in arms if a not in set(preds["arm"])]
+    if missing:
+        raise ValueError(f"the predictions hold no {missing[0]!r} runs")
+    ref = preds[preds["arm"] == reference]
+    return [((a, value), part, H.paired_effect(pd.concat([part, ref]), a, reference, H.STATISTICS[measure],
+                                               n_boot, seed, level))
+            for a in arms for value, part in preds[preds["arm"] == a].groupby(part_of)]
+
+
 def generator_effects(preds: pd.DataFrame, arms: Sequence[str] | None = None, measure: str = "fnr_gap",
                       reference: str = "real", n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """The paired Δ vs ``reference`` of ``measure`` (a key of ``hierarchical.STATISTICS``) for each
     generator seed of each arm on its own (CI over that generator's classifier seeds and the test
     images): the generator's spread, which the pooled rows of :func:`decision_rules` resample.
     Columns: arm, generator_seed, estimate, ci_low, ci_high, n_classifier_seeds, n_images."""
-    if measure not in H.STATISTICS:
-        raise ValueError(f"generator_effects: measure {measure!r} is not one of {sorted(H.STATISTICS)}")
-    arms = [a for a in preds["arm"].unique() if a != reference] if arms is None else list(arms)
-    ref = preds[preds["arm"] == reference]
-    rows = []
-    for a in arms:
-        own = preds[preds["arm"] == a]
-        if own.empty:
-            raise ValueError(f"generator_effects: the predictions hold no {a!r} runs")
-        for g, part in own.groupby("generator_seed"):
-            r = H.paired_effect(pd.concat([part, ref]), a, reference, H.STATISTICS[measure], n_boot, seed, level)
-            rows.append({"arm": a, "generator_seed": int(g), "measure": measure,
-                         **{k: r[k] for k in ("estimate", "ci_low", "ci_high", "n_classifier_seeds", "n_images")}})
+    rows = [{"arm": a, "generator_seed": int(g), "measure": measure,
+             **{k: r[k] for k in ("estimate", "ci_low", "ci_high", "n_classifier_seeds", "n_images")}}
+            for (a, g), _, r in _effects_within(preds, "generator_seed", measure, reference, n_boot, seed, level, arms)]
     return pd.DataFrame(rows)
 
 
@@ -651,13 +658,10 @@ def dose_effects(preds: pd.DataFrame, measure: str = "fnr_gap", reference: str =
     with its CI (classifier seeds and test images; one generator) and the number of synthetic
     images. Columns: arm, dose, n_synthetic, estimate, ci_low, ci_high, n_classifier_seeds, n_images,
     variance_sources."""
-    ref = preds[preds["arm"] == reference]
-    rows = []
-    for (arm, dose), part in preds[preds["arm"] != reference].groupby(["arm", "dose"], sort=False):
-        r = H.paired_effect(pd.concat([part, ref]), arm, reference, H.STATISTICS[measure], n_boot, seed, level)
-        rows.append({"arm": arm, "dose": dose, "n_synthetic": int(part["n_synthetic"].iloc[0]), "measure": measure,
-                     **{k: r[k] for k in ("estimate", "ci_low", "ci_high", "n_classifier_seeds", "n_images",
-                                          "variance_sources")}})
+    rows = [{"arm": arm, "dose": dose, "n_synthetic": int(part["n_synthetic"].iloc[0]), "measure": measure,
+             **{k: r[k] for k in ("estimate", "ci_low", "ci_high", "n_classifier_seeds", "n_images",
+                                  "variance_sources")}}
+            for (arm, dose), part, r in _effects_within(preds, "dose", measure, reference, n_boot, seed, level)]
     return pd.DataFrame(rows).sort_values(["arm", "dose"]).reset_index(drop=True)
 
 

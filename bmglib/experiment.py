@@ -40,7 +40,7 @@ def run(profile: str, variants: Sequence[str], seeds: Sequence[int], dataset: st
         overrides: dict | None = None, progress: bool = True) -> pd.DataFrame:
     """Run the design for ``variants`` × ``seeds``; returns the decision table (and writes the
     files named in the module docstring after every generator seed)."""
-    variants, seeds = sample_sets.parse_variants(variants), [int(s) for s in seeds]
+    variants, seeds = sample_sets.parse_variants(variants), sample_sets.parse_seeds(seeds)
     if "bmg" not in variants:
         raise ValueError(f"experiment: the variants {variants} lack 'bmg', the arm the rules are about")
     meta = prepare.load_prepared(profile, dataset)
@@ -78,7 +78,7 @@ def main(argv=None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override (repeatable), e.g. downstream.seeds=3")
     a = ap.parse_args(argv)
-    decisions = run(a.profile, a.variants, [int(s) for s in a.seeds.split(",")], a.dataset,
+    decisions = run(a.profile, a.variants, a.seeds, a.dataset,
                     config.parse_overrides(a.set))
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(decisions.round(3).to_string(index=False))

@@ -465,15 +465,6 @@ def plot_ablation(tidy: pd.DataFrame, reference: str = "bmg", title: str = "", s
     return save(fig, save_to)
 
 
-# --- README and docs/ ------------------------------------------------------------------------
-
-README_BEGIN, README_END = "<!-- results:begin (make readme) -->", "<!-- results:end -->"
-#: The columns of 05's protocol table (``protocol_table.md``) that the README's headline keeps
-#: (docs/results.md has all of them)
-HEADLINE_COLUMNS = ("arm", "FNR gap IV–VI − I–III", "Δ FNR gap vs real", "ES-AUC", "n test (mel) I–III / IV–VI",
-                    "generator × classifier runs", "model_id (generator seed: md5)", "claimed (seed paper)")
-
-
 def plot_seed_spread(spread: pd.DataFrame, title: str = "", save_to=None):
     """The ablation claims' measures per generator seed (:func:`bmglib.ablation.seed_spread`): one
     point per (variant, seed), the seeds' mean as a bar outline, the claimed values as dashed lines."""
@@ -495,6 +486,15 @@ def plot_seed_spread(spread: pd.DataFrame, title: str = "", save_to=None):
     fig.suptitle(f"{title} (generator seeds per variant: {n})", fontsize=9)
     fig.tight_layout()
     return save(fig, save_to)
+
+
+# --- README and docs/ ------------------------------------------------------------------------
+
+README_BEGIN, README_END = "<!-- results:begin (make readme) -->", "<!-- results:end -->"
+#: The columns of 05's protocol table (``protocol_table.md``) that the README's headline keeps
+#: (docs/results.md has all of them)
+HEADLINE_COLUMNS = ("arm", "FNR gap IV–VI − I–III", "Δ FNR gap vs real", "ES-AUC", "n test (mel) I–III / IV–VI",
+                    "generator × classifier runs", "model_id (generator seed: md5)", "claimed (seed paper)")
 
 
 def markers(name: str) -> tuple[str, str]:

@@ -39,11 +39,16 @@ def load(profile: str, variants: str | Sequence[str], purpose: str, seed: int = 
     return {v: sample.load_manifest(paths.samples_dir(profile, v, purpose, seed)) for v in parse_variants(variants)}
 
 
+def parse_seeds(seeds: str | Sequence[int]) -> list[int]:
+    """Generator seeds given as ``"0,1,2"`` (a notebook parameter) or a sequence, as ints."""
+    return [int(x) for x in seeds.split(",") if x.strip()] if isinstance(seeds, str) else [int(x) for x in seeds]
+
+
 def load_seeds(profile: str, variants: str | Sequence[str], purpose: str, seeds: str | Sequence[int]) -> dict:
     """``{generator seed: {variant: manifest}}`` (:func:`load`) for each generator seed in ``seeds``
     (e.g. ``"0,1,2"`` or ``[0, 1, 2]``); a missing set names its folder (``<variant>_seed<k>``) and
     notebook 03."""
-    seeds = [int(x) for x in seeds.split(",") if x.strip()] if isinstance(seeds, str) else [int(x) for x in seeds]
+    seeds = parse_seeds(seeds)
     if not seeds:
         raise ValueError("load_seeds: no generator seeds given")
     return {g: load(profile, variants, purpose, g) for g in seeds}
