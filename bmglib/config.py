@@ -96,8 +96,9 @@ class DiffusionConfig:
     grad_accum: int = 1  # batches accumulated per optimiser step
     fg_weight: float = 0.0  # denoising loss weight 1 + fg_weight·(colour distance from the skin)
     loss_weighting: str = "none"  # none | min_snr: per-timestep weight min(SNR, γ)/(SNR+1) for v, /SNR
-    # for ε (Min-SNR-γ, Hang et al. ICCV 2023): caps the weight of the low-noise timesteps
-    min_snr_gamma: float = 5.0  # γ of min_snr
+    # for ε (Min-SNR-γ, Hang et al. ICCV 2023): caps the weight of the low-noise timesteps | snr_cap:
+    # min(SNR+1, γ)/(SNR+1) for v: caps the low-noise ones only, the high-noise ones keep weight 1
+    min_snr_gamma: float = 5.0  # γ of min_snr and snr_cap
     mixed_precision: str = "no"  # no | fp16 | bf16 (where the device supports it)
     ema_decay: float = 0.995  # of the EMA weights that are saved and sampled (the largest decay)
     ema_power: float = 0.0  # EMA decay at step k = min(ema_decay, ·): 0 → (1 + k)/(10 + k), diffusers'
@@ -165,7 +166,7 @@ class ImageMetricsConfig:
 #: downstream architectures (torchvision blocks in ``bmglib.downstream.ARCHS``)
 DOWNSTREAM_ARCHS = ("resnet18", "resnet50")
 #: per-timestep weightings of the denoising loss (``bmglib.diffusion.losses.timestep_weight``)
-LOSS_WEIGHTINGS = ("none", "min_snr")
+LOSS_WEIGHTINGS = ("none", "min_snr", "snr_cap")
 #: rules for the melanoma decision threshold (``bmglib.downstream.choose_threshold``)
 THRESHOLDS = ("fixed", "val_youden", "val_sensitivity")
 

@@ -33,6 +33,28 @@ def test_min_snr_weight_caps_the_low_noise_timesteps(prediction):
         losses.timestep_weight(sched, t, "snr_plus")
 
 
+@pytest.mark.parametrize("prediction", ["v_prediction", "epsilon"])
+def test_snr_cap_lowers_only_the_low_noise_timesteps(prediction):
+    d = _cfg(**{"diffusion.prediction_type": prediction}).diffusion
+    sched = schedule.make_scheduler(d)
+    t = torch.arange(0, 1000, 37)
+    w = losses.timestep_weight(sched, t, "snr_cap", gamma=5.0)
+    abar = sched.alphas_cumprod[t]
+    snr = abar / (1 - abar)
+    own = snr + 1 if prediction == "v_prediction" else snr
+    # the loss's own x0-space weight, capped at γ: weight 1 wherever it is ≤ γ, γ / own above
+    assert torch.allclose(w[own <= 5], torch.ones(int((own <= 5).sum())))
+    assert torch.allclose(w[own > 5] * own[own > 5], torch.tensor(5.0))
+    assert (own > 5).any() and (own <= 5).any()
+    # Min-SNR on the v loss lowers the high-noise timesteps too; snr_cap never does
+    snr_w = losses.timestep_weight(sched, t, "min_snr", gamma=5.0)
+    assert (w >= snr_w - 1e-6).all()
+    if prediction == "v_prediction":
+        assert snr_w[-1] < 0.01 and w[-1] == 1
+    else:
+        assert torch.allclose(w, snr_w)
+
+
 def test_weighted_denoising_loss_reduces_to_the_plain_ones():
     g = torch.Generator().manual_seed(0)
     pred, target = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)

@@ -58,18 +58,24 @@ def timestep_weight(scheduler: DDPMScheduler, t: torch.Tensor, kind: str, gamma:
     min(SNR_t, γ). Since ‖ε − ε̂‖² = SNR_t · ‖x0 − x̂0‖² and ‖v − v̂‖² = (SNR_t + 1) · ‖x0 − x̂0‖²,
     that is min(SNR_t, γ) / SNR_t on the ε loss and min(SNR_t, γ) / (SNR_t + 1) on the v loss.
     Low-noise timesteps (large SNR), whose gradients conflict with the rest, are capped; γ = 5 is
-    the paper's default.
+    the paper's default. On the v loss this also *lowers* the high-noise timesteps (weight ≈ SNR_t
+    as SNR_t → 0), where the global colour, and so the skin type, is decided.
+
+    ``snr_cap``: the loss's own x0-space weight (SNR_t + 1 for v, SNR_t for ε) capped at γ, never
+    raised or lowered below it: min(SNR_t + 1, γ) / (SNR_t + 1) on the v loss, min(SNR_t, γ) / SNR_t
+    on the ε loss (there the same as ``min_snr``). Only the low-noise timesteps are down-weighted;
+    the high-noise ones keep weight 1.
     """
     if kind == "none":
         return None
-    if kind != "min_snr":
+    if kind not in ("min_snr", "snr_cap"):
         raise ValueError(f"diffusion.loss_weighting must be one of {config.LOSS_WEIGHTINGS}, got {kind!r}")
     abar = scheduler.alphas_cumprod.to(t.device)[t]
     snr = abar / (1 - abar)
-    capped = snr.clamp(max=gamma)
-    if scheduler.config.prediction_type == "v_prediction":
-        return capped / (snr + 1)
-    return capped / snr
+    own = snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr
+    if kind == "snr_cap":
+        return own.clamp(max=gamma) / own
+    return snr.clamp(max=gamma) / own
 
 
 def foreground_weight(x0: torch.Tensor, strength: float) -> torch.Tensor:
