@@ -71,6 +71,11 @@ RECIPES: dict[str, dict] = {
     "b12snr": {"diffusion.steps": 1200, "diffusion.lr": 1e-3, "diffusion.lr_schedule": "constant",
                "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "min_snr", "diffusion.ema_power": 0.0,
                "diffusion.batch_size": 12},
+    # `b12snr` with Min-SNR for the first half of the steps only, unweighted after (fidelity first,
+    # then the labels: FST adherence follows the unweighted steps)
+    "b12snr_half": {"diffusion.steps": 1200, "diffusion.lr": 1e-3, "diffusion.lr_schedule": "constant",
+                    "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "min_snr", "diffusion.ema_power": 0.0,
+                    "diffusion.batch_size": 12, "diffusion.weighting_until": 0.5},
     # `before` at half the UNet width (16, 32, 32): ~2x faster per training step, ~2.5x per sampling pass
     "w16": {"diffusion.steps": 1200, "diffusion.lr": 1e-3, "diffusion.lr_schedule": "constant",
             "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "none", "diffusion.ema_power": 0.0,

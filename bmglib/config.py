@@ -99,6 +99,7 @@ class DiffusionConfig:
     # for ε (Min-SNR-γ, Hang et al. ICCV 2023): caps the weight of the low-noise timesteps | snr_cap:
     # min(SNR+1, γ)/(SNR+1) for v: caps the low-noise ones only, the high-noise ones keep weight 1
     min_snr_gamma: float = 5.0  # γ of min_snr and snr_cap
+    weighting_until: float = 1.0  # share of the steps trained with loss_weighting; unweighted after it
     mixed_precision: str = "no"  # no | fp16 | bf16 (where the device supports it)
     ema_decay: float = 0.995  # of the EMA weights that are saved and sampled (the largest decay)
     ema_power: float = 0.0  # EMA decay at step k = min(ema_decay, ·): 0 → (1 + k)/(10 + k), diffusers'
@@ -372,6 +373,8 @@ def check(cfg: Config) -> None:
         _reject("diffusion.loss_weighting", cfg.diffusion.loss_weighting, f"one of {list(LOSS_WEIGHTINGS)}")
     if cfg.diffusion.min_snr_gamma <= 0:
         _reject("diffusion.min_snr_gamma", cfg.diffusion.min_snr_gamma, "> 0")
+    if not 0.0 <= cfg.diffusion.weighting_until <= 1.0:
+        _reject("diffusion.weighting_until", cfg.diffusion.weighting_until, "a share of the steps in [0, 1]")
     if cfg.diffusion.ema_power < 0:
         _reject("diffusion.ema_power", cfg.diffusion.ema_power, ">= 0 (0: diffusers' default warm-up)")
     if v.image_size < 8 or v.image_size & (v.image_size - 1):

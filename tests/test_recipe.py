@@ -55,6 +55,20 @@ def test_snr_cap_lowers_only_the_low_noise_timesteps(prediction):
         assert torch.allclose(w, snr_w)
 
 
+def test_weighting_until_switches_the_weighting_off_after_its_share_of_the_steps():
+    d = _cfg(**{"diffusion.steps": 10, "diffusion.loss_weighting": "min_snr", "diffusion.weighting_until": 0.5}).diffusion
+    kinds = [schedule.step_config(k, d).loss_weighting for k in range(10)]
+    assert kinds == ["min_snr"] * 5 + ["none"] * 5
+    assert schedule.step_config(3, d) is d
+    with pytest.raises(config.ConfigError, match="weighting_until"):
+        _cfg(**{"diffusion.weighting_until": 1.5})
+    # where it has no effect it is not part of the model's identity (earlier runs keep their ids)
+    for over in ({}, {"diffusion.loss_weighting": "min_snr"}):
+        assert "weighting_until" not in train.model_identity(_cfg(**over))["diffusion"]
+    assert train.model_identity(_cfg(**{"diffusion.loss_weighting": "min_snr",
+                                        "diffusion.weighting_until": 0.5}))["diffusion"]["weighting_until"] == 0.5
+
+
 def test_weighted_denoising_loss_reduces_to_the_plain_ones():
     g = torch.Generator().manual_seed(0)
     pred, target = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)

@@ -8,6 +8,8 @@ Diffusion keeps its checkpoint's own (:func:`model_scheduler`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from diffusers import DDPMScheduler
@@ -49,6 +51,14 @@ def fair_factor(step: int, d: config.DiffusionConfig) -> float:
     if step < start:
         return 0.0
     return 1.0 if ramp <= 0 else min(1.0, (step - start + 1) / ramp)
+
+
+def step_config(step: int, d: config.DiffusionConfig) -> config.DiffusionConfig:
+    """``d`` for 0-based ``step``: after the first ``weighting_until`` share of the steps the loss is
+    unweighted (``loss_weighting = "none"``), before it ``d`` itself."""
+    if d.loss_weighting == "none" or step < d.weighting_until * d.steps:
+        return d
+    return dataclasses.replace(d, loss_weighting="none")
 
 
 def model_scheduler(model: torch.nn.Module, d: config.DiffusionConfig) -> DDPMScheduler:

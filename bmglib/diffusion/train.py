@@ -184,7 +184,7 @@ def train_diffusion(cfg: config.Config, train_df: pd.DataFrame, out_dir: str | P
                disable=not progress)
     for step in bar:
         t0 = time.perf_counter()
-        logs = _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator,
+        logs = _train_step(model, opt, lr_sched, accel, sched, stream, gen, schedule.step_config(step, d), estimator,
                            schedule.fair_factor(step, d))
         if not np.isfinite(logs["loss"]):
             raise FloatingPointError(f"loss is {logs['loss']} at step {step + 1}: training stopped; "
@@ -278,12 +278,16 @@ FAIRNESS_ONLY = ("fair_target", "t_fair", "fair_start", "fair_ramp", "fair_balan
 def model_identity(cfg: config.Config) -> dict:
     """What a trained model depends on: :data:`MODEL_SECTIONS` of the config, without the
     :data:`FAIRNESS_ONLY` settings when the fairness loss is off (both λ = 0; the weights are then
-    the same whatever they are, tested), so that changing them does not retrain ``standard``."""
+    the same whatever they are, tested), so that changing them does not retrain ``standard``, and
+    without ``weighting_until`` where it has no effect."""
     raw = config.to_dict(cfg)
     out = {k: raw[k] for k in MODEL_SECTIONS}
     d = out["diffusion"]
     if d["lambda_kl"] == 0 and d["lambda_ce"] == 0:
-        out["diffusion"] = {k: v for k, v in d.items() if k not in FAIRNESS_ONLY}
+        out["diffusion"] = d = {k: v for k, v in d.items() if k not in FAIRNESS_ONLY}
+    if d["loss_weighting"] == "none" or d["weighting_until"] == 1.0:
+        # no effect (unweighted, or weighted throughout): the identity of the runs before the setting
+        out["diffusion"] = {k: v for k, v in d.items() if k != "weighting_until"}
     return out
 
 
