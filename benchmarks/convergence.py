@@ -42,48 +42,40 @@ from bmglib import config, paths, skintone  # noqa: E402
 from bmglib.data import prepare  # noqa: E402
 from bmglib.diffusion import train, validate  # noqa: E402
 
+
+def _recipe(steps: int, lr: float, lr_schedule: str, weighting: str, **extra) -> dict:
+    """A complete recipe: the settings every recipe names, plus ``extra`` (``diffusion.`` keys)."""
+    return {"diffusion.steps": steps, "diffusion.lr": lr, "diffusion.lr_schedule": lr_schedule,
+            "diffusion.warmup_steps": 50, "diffusion.loss_weighting": weighting, "diffusion.ema_power": 0.0,
+            **{f"diffusion.{k}": v for k, v in extra.items()}}
+
+
 #: the recipes compared; each is complete (it names every setting that differs between them), so
 #: the table keeps its meaning when the profile's defaults change
 RECIPES: dict[str, dict] = {
     # quick's recipe until issue 14: 1,200 steps at a constant LR, unweighted v-loss
-    "before": {"diffusion.steps": 1200, "diffusion.lr": 1e-3, "diffusion.lr_schedule": "constant",
-               "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "none", "diffusion.ema_power": 0.0},
+    "before": _recipe(1200, 1e-3, "constant", "none"),
     # Min-SNR-5 weighting, twice the peak LR, cosine decay to 0 over a third of the steps
-    "after": {"diffusion.steps": 400, "diffusion.lr": 2e-3, "diffusion.lr_schedule": "cosine",
-              "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "min_snr", "diffusion.ema_power": 0.0},
+    "after": _recipe(400, 2e-3, "cosine", "min_snr"),
     # the same over half of the steps
-    "after600": {"diffusion.steps": 600, "diffusion.lr": 2e-3, "diffusion.lr_schedule": "cosine",
-                 "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "min_snr", "diffusion.ema_power": 0.0},
+    "after600": _recipe(600, 2e-3, "cosine", "min_snr"),
     # the 400/600-step LR schedules without Min-SNR
-    "cosine400": {"diffusion.steps": 400, "diffusion.lr": 2e-3, "diffusion.lr_schedule": "cosine",
-                  "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "none", "diffusion.ema_power": 0.0},
-    "cosine600": {"diffusion.steps": 600, "diffusion.lr": 2e-3, "diffusion.lr_schedule": "cosine",
-                  "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "none", "diffusion.ema_power": 0.0},
+    "cosine400": _recipe(400, 2e-3, "cosine", "none"),
+    "cosine600": _recipe(600, 2e-3, "cosine", "none"),
     # `after600` with the v loss's own weight capped at γ = 5 (snr_cap): Min-SNR's cap on the low-noise
     # timesteps without its down-weighting of the high-noise ones (where the skin type is decided)
-    "cap600": {"diffusion.steps": 600, "diffusion.lr": 2e-3, "diffusion.lr_schedule": "cosine",
-               "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "snr_cap", "diffusion.ema_power": 0.0},
+    "cap600": _recipe(600, 2e-3, "cosine", "snr_cap"),
     # `before` at batch 12 (1,200 steps, as many optimiser steps as `before`, 3/8 of its images), and
     # the same with Min-SNR-5
-    "b12": {"diffusion.steps": 1200, "diffusion.lr": 1e-3, "diffusion.lr_schedule": "constant",
-            "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "none", "diffusion.ema_power": 0.0,
-            "diffusion.batch_size": 12},
-    "b12snr": {"diffusion.steps": 1200, "diffusion.lr": 1e-3, "diffusion.lr_schedule": "constant",
-               "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "min_snr", "diffusion.ema_power": 0.0,
-               "diffusion.batch_size": 12},
+    "b12": _recipe(1200, 1e-3, "constant", "none", batch_size=12),
+    "b12snr": _recipe(1200, 1e-3, "constant", "min_snr", batch_size=12),
     # `b12snr` with Min-SNR for the first half of the steps only, unweighted after (fidelity first,
     # then the labels: FST adherence follows the unweighted steps)
-    "b12snr_half": {"diffusion.steps": 1200, "diffusion.lr": 1e-3, "diffusion.lr_schedule": "constant",
-                    "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "min_snr", "diffusion.ema_power": 0.0,
-                    "diffusion.batch_size": 12, "diffusion.weighting_until": 0.5},
+    "b12snr_half": _recipe(1200, 1e-3, "constant", "min_snr", batch_size=12, weighting_until=0.5),
     # `before` at half the UNet width (16, 32, 32): ~2x faster per training step, ~2.5x per sampling pass
-    "w16": {"diffusion.steps": 1200, "diffusion.lr": 1e-3, "diffusion.lr_schedule": "constant",
-            "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "none", "diffusion.ema_power": 0.0,
-            "diffusion.base_channels": 16},
+    "w16": _recipe(1200, 1e-3, "constant", "none", base_channels=16),
     # the half-width UNet over 800 steps at twice the peak LR, cosine decay (about 1/3 of `before`'s step time)
-    "w16cos800": {"diffusion.steps": 800, "diffusion.lr": 2e-3, "diffusion.lr_schedule": "cosine",
-                  "diffusion.warmup_steps": 50, "diffusion.loss_weighting": "none", "diffusion.ema_power": 0.0,
-                  "diffusion.base_channels": 16},
+    "w16cos800": _recipe(800, 2e-3, "cosine", "none", base_channels=16),
 }
 MEASURES = ("kid", "lesion", "fst_ita", "fst_auditor")
 
