@@ -63,7 +63,7 @@ RECIPES: dict[str, dict] = {
     "cosine400": _recipe(400, 2e-3, "cosine", "none"),
     "cosine600": _recipe(600, 2e-3, "cosine", "none"),
     # `after600` with the v loss's own weight capped at γ = 5 (snr_cap): Min-SNR's cap on the low-noise
-    # timesteps without its down-weighting of the high-noise ones (where the skin type is decided)
+    # timesteps without its down-weighting of the high-noise ones (tests whether that costs FST adherence)
     "cap600": _recipe(600, 2e-3, "cosine", "snr_cap"),
     # `before` at batch 12 (1,200 steps, as many optimiser steps as `before`, 3/8 of its images), and
     # the same with Min-SNR-5
@@ -82,6 +82,10 @@ MEASURES = ("kid", "lesion", "fst_ita", "fst_auditor")
 
 def _root(profile: str, variant: str) -> Path:
     return paths.data_root() / "benchmarks" / "convergence" / profile / variant
+
+
+def _csv(profile: str, variant: str) -> Path:
+    return paths.BENCHMARKS / "results" / f"convergence_{profile}_{variant}.csv"
 
 
 def _run_id(cfg: config.Config, meta: pd.DataFrame) -> str:
@@ -139,8 +143,8 @@ def run_recipe(name: str, cfg: config.Config, meta: pd.DataFrame, eval_steps: li
 
 
 def with_median_seconds(table: pd.DataFrame, profile: str, variant: str) -> pd.DataFrame:
-    """``seconds_median``: step × the median step time up to that step, from each run's log — robust
-    to a few steps slowed by another process (the sum, ``seconds``, is not)."""
+    """``seconds`` (the sum of the step times up to that step) and ``seconds_median`` (step × their
+    median: robust to a few steps slowed by another process, the sum is not), from each run's log."""
     def from_log(row):
         log = pd.read_csv(_root(profile, variant) / f"{row['recipe']}_seed{row['seed']}_{row['run_id']}" / "log.csv")
         upto = log.loc[log["step"] <= row["step"], "seconds"]
@@ -209,12 +213,12 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown recipe(s) {unknown}; choose from {list(RECIPES)}")
     common = config.parse_overrides(args.set)
-    meta = prepare.load_prepared(args.profile, args.dataset)
-    base = config.get_config(args.profile)
-    out_csv = paths.BENCHMARKS / "results" / f"convergence_{args.profile}_{args.variant}.csv"
+    out_csv = _csv(args.profile, args.variant)
     done = pd.read_csv(out_csv) if out_csv.exists() else pd.DataFrame(columns=["recipe", "seed", "run_id", "step"])
     if args.plot_only:
         return report(done[done["recipe"].isin(names)].copy(), names, _ints(args.seeds)[0], args)
+    meta = prepare.load_prepared(args.profile, args.dataset)
+    base = config.get_config(args.profile)
     judges = validate.Judges.build(meta, base.diffusion.image_size, progress=True)
     print(f"load average {os.getloadavg()[0]:.2f} · {args.variant} ({args.profile}) · {args.per_cell * 24} samples "
           f"per score · KID reference: {len(judges.real_feats)} real validation images")
@@ -258,7 +262,7 @@ def report(table: pd.DataFrame, names: list[str], seed0: int, args) -> None:
     fig = paths.REPO_ROOT / "docs" / "figures" / f"convergence_{args.profile}_{args.variant}.png"
     plot(table, f"{args.variant} · {args.profile}: validation quality vs step time ({args.per_cell * 24} samples "
                 f"per point)", fig)
-    print(f"table → {paths.BENCHMARKS / 'results' / f'convergence_{args.profile}_{args.variant}.csv'}\nfigure → {fig}")
+    print(f"table → {_csv(args.profile, args.variant)}\nfigure → {fig}")
 
 
 def _recipe_order(names):

@@ -59,7 +59,7 @@ def timestep_weight(scheduler: DDPMScheduler, t: torch.Tensor, kind: str, gamma:
     that is min(SNR_t, γ) / SNR_t on the ε loss and min(SNR_t, γ) / (SNR_t + 1) on the v loss.
     Low-noise timesteps (large SNR), whose gradients conflict with the rest, are capped; γ = 5 is
     the paper's default. On the v loss this also *lowers* the high-noise timesteps (weight ≈ SNR_t
-    as SNR_t → 0), where the global colour, and so the skin type, is decided.
+    as SNR_t → 0).
 
     ``snr_cap``: the loss's own x0-space weight (SNR_t + 1 for v, SNR_t for ε) capped at γ, never
     raised or lowered below it: min(SNR_t + 1, γ) / (SNR_t + 1) on the v loss, min(SNR_t, γ) / SNR_t
