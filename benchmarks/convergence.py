@@ -76,6 +76,11 @@ RECIPES: dict[str, dict] = {
     "w16": _recipe(1200, 1e-3, "constant", "none", base_channels=16),
     # the half-width UNet over 800 steps at twice the peak LR, cosine decay (about 1/3 of `before`'s step time)
     "w16cos800": _recipe(800, 2e-3, "cosine", "none", base_channels=16),
+    # progressive resolution: `before` with its first 3/4 of the steps on the batches at 16 px (the
+    # same UNet; a 16 px step costs a fraction of a 32 px one), the last 300 at 32 px; and the same
+    # with twice the low-resolution steps
+    "p16": _recipe(1200, 1e-3, "constant", "none", lowres_size=16, lowres_until=0.75),
+    "p16_2100": _recipe(2100, 1e-3, "constant", "none", lowres_size=16, lowres_until=1800 / 2100),
 }
 MEASURES = ("kid", "lesion", "fst_ita", "fst_auditor")
 
@@ -169,13 +174,23 @@ def first_reaching(table: pd.DataFrame, recipe: str, target: pd.Series) -> pd.Se
     return rows[ok].iloc[0] if ok.any() else None
 
 
-def plot(table: pd.DataFrame, title: str, save_to: Path) -> None:
-    """Quality against step time, one line per recipe (seed-0 curve; other seeds as points)."""
+def plot(table: pd.DataFrame, title: str, save_to: Path, order: list[str] | None = None,
+         reference: pd.Series | None = None) -> None:
+    """Quality against step time, one line per recipe (seed-0 curve; other seeds as points), the
+    recipes in ``order`` (default: as they come in the table); ``reference`` (a row: the final
+    quality every recipe is held to) as a dashed grey line in each panel."""
     panels = (("kid", "KID to real val (95% CI) ↓"), ("lesion", "lesion adherence ↑"),
               ("fst_ita", "FST adherence, ITA ↑"), ("fst_auditor", "FST adherence, auditor CNN ↑"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     seed0 = table["seed"].min()
-    for k, (recipe, g) in enumerate(table.groupby("recipe", sort=False)):
+    order = [r for r in (order or []) if r in set(table["recipe"])] + \
+        [r for r in table["recipe"].unique() if r not in (order or [])]
+    if reference is not None:
+        for ax, (col, _) in zip(axes, panels, strict=True):
+            ax.axhline(reference[col], color="0.5", ls="--", lw=1,
+                       label=f"{reference['recipe']} final (step {reference['step']})")
+    for k, recipe in enumerate(order):
+        g = table[table["recipe"] == recipe]
         color = f"C{k}"
         curve, extra = g[g["seed"] == seed0].sort_values("seconds"), g[g["seed"] != seed0]
         for ax, (col, label) in zip(axes, panels, strict=True):
@@ -261,7 +276,7 @@ def report(table: pd.DataFrame, names: list[str], seed0: int, args) -> None:
                   f"{hit['seconds_median'] / ref['seconds_median']:.2f}x)")
     fig = paths.REPO_ROOT / "docs" / "figures" / f"convergence_{args.profile}_{args.variant}.png"
     plot(table, f"{args.variant} · {args.profile}: validation quality vs step time ({args.per_cell * 24} samples "
-                f"per point)", fig)
+                f"per point)", fig, order=names, reference=ref)
     print(f"table → {_csv(args.profile, args.variant)}\nfigure → {fig}")
 
 

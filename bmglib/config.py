@@ -100,6 +100,9 @@ class DiffusionConfig:
     # min(SNR+1, γ)/(SNR+1) for v: caps the low-noise ones only, the high-noise ones keep weight 1
     min_snr_gamma: float = 5.0  # γ of min_snr and snr_cap
     weighting_until: float = 1.0  # share of the steps trained with loss_weighting; unweighted after it
+    lowres_size: int = 0  # > 0: progressive resolution: the first lowres_until share of the steps train
+    # on the batches area-downsampled to this size (cheaper steps), the rest at image_size; 0: off
+    lowres_until: float = 0.0  # share of the steps trained at lowres_size
     mixed_precision: str = "no"  # no | fp16 | bf16 (where the device supports it)
     ema_decay: float = 0.995  # of the EMA weights that are saved and sampled (the largest decay)
     ema_power: float = 0.0  # EMA decay at step k = min(ema_decay, ·): 0 → (1 + k)/(10 + k), diffusers'
@@ -375,6 +378,13 @@ def check(cfg: Config) -> None:
         _reject("diffusion.min_snr_gamma", cfg.diffusion.min_snr_gamma, "> 0")
     if not 0.0 <= cfg.diffusion.weighting_until <= 1.0:
         _reject("diffusion.weighting_until", cfg.diffusion.weighting_until, "a share of the steps in [0, 1]")
+    dd = cfg.diffusion
+    if dd.lowres_size and not (0 < dd.lowres_size < dd.image_size and dd.image_size % dd.lowres_size == 0
+                               and dd.lowres_size % 4 == 0 and dd.backbone == "unet"):
+        _reject("diffusion.lowres_size", dd.lowres_size, f"0 (off) or, for the pixel UNet, a size below "
+                f"image_size {dd.image_size} that divides it and is a multiple of 4 (the UNet halves it twice)")
+    if not 0.0 <= dd.lowres_until <= 1.0:
+        _reject("diffusion.lowres_until", dd.lowres_until, "a share of the steps in [0, 1]")
     if cfg.diffusion.ema_power < 0:
         _reject("diffusion.ema_power", cfg.diffusion.ema_power, ">= 0 (0: diffusers' default warm-up)")
     if v.image_size < 8 or v.image_size & (v.image_size - 1):

@@ -1,9 +1,12 @@
 """The training recipe's options (issue 14): Min-SNR-γ loss weighting, samplers, the validation
 protocol that recipes are chosen on."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from bmglib import config
 from bmglib.diffusion import losses, sample, schedule, train, validate
@@ -67,6 +70,49 @@ def test_weighting_until_switches_the_weighting_off_after_its_share_of_the_steps
         assert "weighting_until" not in train.model_identity(_cfg(**over))["diffusion"]
     assert train.model_identity(_cfg(**{"diffusion.loss_weighting": "min_snr",
                                         "diffusion.weighting_until": 0.5}))["diffusion"]["weighting_until"] == 0.5
+
+
+def test_lowres_until_trains_the_first_share_of_the_steps_at_the_lower_size():
+    d = _cfg(**{"diffusion.steps": 10, "diffusion.lowres_size": 16, "diffusion.lowres_until": 0.3}).diffusion
+    assert [schedule.step_config(k, d).lowres_size for k in range(10)] == [16] * 3 + [0] * 7
+    assert schedule.step_config(0, d) is d
+    # both switches at once: each at its own share
+    d2 = _cfg(**{"diffusion.steps": 10, "diffusion.lowres_size": 16, "diffusion.lowres_until": 0.3,
+                 "diffusion.loss_weighting": "min_snr", "diffusion.weighting_until": 0.5}).diffusion
+    assert [(c.lowres_size, c.loss_weighting) for c in (schedule.step_config(k, d2) for k in (2, 3, 5))] == \
+        [(16, "min_snr"), (0, "min_snr"), (0, "none")]
+    for bad in (32, 12, 24, 10, -8):  # not below 32, not dividing it, not a multiple of 4
+        with pytest.raises(config.ConfigError, match="lowres_size"):
+            _cfg(**{"diffusion.lowres_size": bad})
+    with pytest.raises(config.ConfigError, match="lowres_until"):
+        _cfg(**{"diffusion.lowres_size": 16, "diffusion.lowres_until": 1.5})
+    # off (the default, or a zero share): not part of the model's identity, so earlier run ids hold
+    for over in ({}, {"diffusion.lowres_size": 16}):
+        ident = train.model_identity(_cfg(**over))["diffusion"]
+        assert "lowres_size" not in ident and "lowres_until" not in ident
+    assert train.model_identity(_cfg(**{"diffusion.lowres_size": 16, "diffusion.lowres_until": 0.5})
+                                )["diffusion"]["lowres_size"] == 16
+
+
+def test_a_low_resolution_step_trains_the_same_unet_and_gives_the_estimator_full_size_images():
+    d = _cfg(**{"diffusion.lowres_size": 16, "diffusion.lowres_until": 1.0}).diffusion
+    torch.manual_seed(0)
+    model = build_unet(32, (16, 32, 32))
+    sched = schedule.make_scheduler(d)
+    seen = []
+
+    class Estimator(torch.nn.Module):  # records the size it is given; uniform probabilities
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            return torch.full((len(x), 6), 1 / 6) + 0 * x.mean((1, 2, 3))[:, None]
+
+    x0 = torch.nn.functional.interpolate(torch.rand(4, 3, 32, 32) * 2 - 1, size=(16, 16), mode="area")
+    terms = losses.training_losses(model, sched, x0, torch.tensor([1, 2, 5, 6]), torch.tensor([0, 1, 2, 3]),
+                                   dataclasses.replace(d, t_fair=1000, fair_target="requested"), torch.Generator().manual_seed(0),
+                                   estimator=Estimator())
+    assert torch.isfinite(terms.loss) and terms.fair is not None and seen and set(seen) == {(32, 32)}
+    terms.loss.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_weighted_denoising_loss_reduces_to_the_plain_ones():
@@ -169,3 +215,15 @@ def test_validation_score_measures_samples_against_validation_only(tiny_syntheti
     assert row["kid_low"] <= row["kid_high"] and 0 <= row["fst_ita"] <= 1 and 0 <= row["lesion"] <= 1
     with pytest.raises(ValueError, match="'val'"):
         validate.Judges.build(meta.assign(split="train"), 32)
+
+
+def test_progressive_resolution_changes_only_the_steps_it_covers(tiny_synthetic, tmp_path):
+    pool, _ = tiny_synthetic
+    over = {"diffusion.lambda_kl": 0.0, "diffusion.lambda_ce": 0.0, "diffusion.checkpoint_every": 2}
+    runs = {name: train.train_diffusion(_cfg(**over, **extra), pool, tmp_path / name, progress=False)
+            for name, extra in {"plain": {}, "zero_share": {"diffusion.lowres_size": 16},
+                                "half": {"diffusion.lowres_size": 16, "diffusion.lowres_until": 0.5}}.items()}
+    w = {k: load_file(tmp_path / k / "final" / "model.safetensors") for k in runs}
+    assert all(torch.equal(w["plain"][n], w["zero_share"][n]) for n in w["plain"])  # a zero share is off
+    assert any(not torch.equal(w["plain"][n], w["half"][n]) for n in w["plain"])
+    assert np.isfinite(runs["half"].log["loss"]).all() and list(runs["half"].log["step"]) == [1, 2, 3, 4]

@@ -237,5 +237,8 @@ def _fair_terms(model_out, x_t, t, fst_req, d, scheduler, estimator, decode, fac
     x0_hat = predict_x0(scheduler, x_t, t, model_out)
     if decode is not None:  # latents → pixels for the estimator (only the low-noise samples matter)
         x0_hat = decode(x0_hat)
+    elif x0_hat.shape[-1] != d.image_size:  # a progressive-resolution step: the estimator sees image_size
+        x0_hat = torch.nn.functional.interpolate(x0_hat, size=(d.image_size, d.image_size), mode="bilinear",
+                                                 align_corners=False)
     target_probs = estimator.real_probs if d.fair_target == "calibrated" else None
     return fairness_terms(x0_hat, t, estimator, d.t_fair, fst_req if d.fst_cond else None, target_probs)

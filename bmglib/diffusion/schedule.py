@@ -55,10 +55,14 @@ def fair_factor(step: int, d: config.DiffusionConfig) -> float:
 
 def step_config(step: int, d: config.DiffusionConfig) -> config.DiffusionConfig:
     """``d`` for 0-based ``step``: after the first ``weighting_until`` share of the steps the loss is
-    unweighted (``loss_weighting = "none"``), before it ``d`` itself."""
-    if d.loss_weighting == "none" or step < d.weighting_until * d.steps:
-        return d
-    return dataclasses.replace(d, loss_weighting="none")
+    unweighted (``loss_weighting = "none"``), after the first ``lowres_until`` share the batches are
+    at full size (``lowres_size = 0``); before both, ``d`` itself."""
+    changes: dict = {}
+    if d.loss_weighting != "none" and step >= d.weighting_until * d.steps:
+        changes["loss_weighting"] = "none"
+    if d.lowres_size and step >= d.lowres_until * d.steps:
+        changes["lowres_size"] = 0
+    return dataclasses.replace(d, **changes) if changes else d
 
 
 def model_scheduler(model: torch.nn.Module, d: config.DiffusionConfig) -> DDPMScheduler:

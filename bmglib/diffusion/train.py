@@ -212,6 +212,8 @@ def _train_step(model, opt, lr_sched, accel, sched, stream, gen, d, estimator, f
     for _ in range(d.grad_accum):
         imgs, fst, lesion = stream.next()
         x0 = augment.flips_per_image_rot90_per_batch(imgs.float() / 127.5 - 1.0, gen).to(accel.device)
+        if d.lowres_size:  # progressive resolution: this step trains on the batch at the lower size
+            x0 = torch.nn.functional.interpolate(x0, size=(d.lowres_size, d.lowres_size), mode="area")
         with accel.accumulate(model):
             terms = losses.training_losses(model, sched, x0, fst, lesion, d, gen, estimator=estimator,
                                            fair_factor=factor, encode=net.encode_images if latent else None,
@@ -279,7 +281,7 @@ def model_identity(cfg: config.Config) -> dict:
     """What a trained model depends on: :data:`MODEL_SECTIONS` of the config, without the
     :data:`FAIRNESS_ONLY` settings when the fairness loss is off (both λ = 0; the weights are then
     the same whatever they are, tested), so that changing them does not retrain ``standard``, and
-    without ``weighting_until`` where it has no effect."""
+    without ``weighting_until`` or the ``lowres_`` settings where they have no effect."""
     raw = config.to_dict(cfg)
     out = {k: raw[k] for k in MODEL_SECTIONS}
     d = out["diffusion"]
@@ -287,7 +289,9 @@ def model_identity(cfg: config.Config) -> dict:
         out["diffusion"] = d = {k: v for k, v in d.items() if k not in FAIRNESS_ONLY}
     if d["loss_weighting"] == "none" or d["weighting_until"] == 1.0:
         # no effect (unweighted, or weighted throughout): the identity of the runs before the setting
-        out["diffusion"] = {k: v for k, v in d.items() if k != "weighting_until"}
+        out["diffusion"] = d = {k: v for k, v in d.items() if k != "weighting_until"}
+    if d["lowres_size"] == 0 or d["lowres_until"] == 0.0:  # progressive resolution off
+        out["diffusion"] = {k: v for k, v in d.items() if k not in ("lowres_size", "lowres_until")}
     return out
 
 
