@@ -284,14 +284,15 @@ def model_identity(cfg: config.Config) -> dict:
     without ``weighting_until`` or the ``lowres_`` settings where they have no effect."""
     raw = config.to_dict(cfg)
     out = {k: raw[k] for k in MODEL_SECTIONS}
-    d = out["diffusion"]
+    d, drop = out["diffusion"], set()
     if d["lambda_kl"] == 0 and d["lambda_ce"] == 0:
-        out["diffusion"] = d = {k: v for k, v in d.items() if k not in FAIRNESS_ONLY}
+        drop |= set(FAIRNESS_ONLY)
     if d["loss_weighting"] == "none" or d["weighting_until"] == 1.0:
         # no effect (unweighted, or weighted throughout): the identity of the runs before the setting
-        out["diffusion"] = d = {k: v for k, v in d.items() if k != "weighting_until"}
+        drop.add("weighting_until")
     if d["lowres_size"] == 0 or d["lowres_until"] == 0.0:  # progressive resolution off
-        out["diffusion"] = {k: v for k, v in d.items() if k not in ("lowres_size", "lowres_until")}
+        drop |= {"lowres_size", "lowres_until"}
+    out["diffusion"] = {k: v for k, v in d.items() if k not in drop}
     return out
 
 
