@@ -183,8 +183,8 @@ def plot(table: pd.DataFrame, title: str, save_to: Path, order: list[str] | None
               ("fst_ita", "FST adherence, ITA ↑"), ("fst_auditor", "FST adherence, auditor CNN ↑"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     seed0 = table["seed"].min()
-    order = [r for r in (order or []) if r in set(table["recipe"])] + \
-        [r for r in table["recipe"].unique() if r not in (order or [])]
+    present, order = list(table["recipe"].unique()), order or []
+    order = [r for r in order if r in present] + [r for r in present if r not in order]
     if reference is not None:
         for ax, (col, _) in zip(axes, panels, strict=True):
             ax.axhline(reference[col], color="0.5", ls="--", lw=1,
@@ -267,7 +267,9 @@ def report(table: pd.DataFrame, names: list[str], seed0: int, args) -> None:
     ref = table[(table["recipe"] == names[0]) & (table["seed"] == seed0)].sort_values("step").iloc[-1]
     for name in names[1:]:
         hit = first_reaching(table, name, ref)
-        if hit is None:
+        if not (table["recipe"] == name).any():
+            print(f"{name}: no scored rows in {_csv(args.profile, args.variant)} (run it without --plot-only)")
+        elif hit is None:
             print(f"{name} does not reach {names[0]}'s final quality (step {ref['step']}, {ref['seconds']:.0f} s) "
                   f"on every measure within its steps")
         else:
