@@ -25,14 +25,20 @@ def _cells(nb):
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
 def test_the_notebook_is_committed_without_outputs(nb):
     code = [c for c in _cells(nb) if c["cell_type"] == "code"]
-    with_outputs = [i for i, c in enumerate(code) if c["outputs"] or c["execution_count"] is not None]
-    assert not with_outputs, f"{nb.name}: code cells {with_outputs} carry outputs (clear them before committing)"
+    with_outputs = [
+        i for i, c in enumerate(code) if c["outputs"] or c["execution_count"] is not None
+    ]
+    assert not with_outputs, (
+        f"{nb.name}: code cells {with_outputs} carry outputs (clear them before committing)"
+    )
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
 def test_papermill_reads_every_parameter_of_the_notebook(nb):
     cells = [c for c in _cells(nb) if "parameters" in c["metadata"].get("tags", [])]
-    assert len(cells) == 1, f"{nb.name}: {len(cells)} cells tagged 'parameters' (papermill needs exactly one)"
+    assert len(cells) == 1, (
+        f"{nb.name}: {len(cells)} cells tagged 'parameters' (papermill needs exactly one)"
+    )
     assigned = [t.id for s in ast.parse("".join(cells[0]["source"])).body for t in s.targets]
     seen = list(papermill.inspect_notebook(str(nb)))
     assert seen == assigned, f"{nb.name}: papermill reads {seen}, the cell assigns {assigned}"
