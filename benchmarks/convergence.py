@@ -147,13 +147,19 @@ def run_recipe(name: str, cfg: config.Config, meta: pd.DataFrame, eval_steps: li
     return rows
 
 
+MEDIAN_BLOCK = 100  # steps per block of seconds_median
+
+
 def with_median_seconds(table: pd.DataFrame, profile: str, variant: str) -> pd.DataFrame:
-    """``seconds`` (the sum of the step times up to that step) and ``seconds_median`` (step × their
-    median: robust to a few steps slowed by another process, the sum is not), from each run's log."""
+    """``seconds`` (the sum of the step times up to that step) and ``seconds_median`` (the sum over
+    blocks of 100 steps of the block's median × its length: robust to a few steps slowed by another
+    process, the sum is not; by block, so a recipe whose steps change cost, progressive resolution,
+    is not priced at its cheap phase), from each run's log."""
     def from_log(row):
         log = pd.read_csv(_root(profile, variant) / f"{row['recipe']}_seed{row['seed']}_{row['run_id']}" / "log.csv")
-        upto = log.loc[log["step"] <= row["step"], "seconds"]
-        return pd.Series({"seconds": float(upto.sum()), "seconds_median": float(upto.median() * row["step"])})
+        upto = log.loc[log["step"] <= row["step"], "seconds"].reset_index(drop=True)
+        robust = upto.groupby(upto.index // MEDIAN_BLOCK).transform("median").sum()
+        return pd.Series({"seconds": float(upto.sum()), "seconds_median": float(robust)})
     # a recipe retrained in this run (its scores read back) gets this run's step times, not the scored run's
     table[["seconds", "seconds_median"]] = table.apply(from_log, axis=1)
     return table

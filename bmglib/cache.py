@@ -1,4 +1,5 @@
-"""Trained models cached under a key of all their inputs: ``cached_model(name, inputs, build, train)``.
+"""Trained models cached under a key of all their inputs: ``cached_model(name, inputs, build, train)``;
+and the tables of slow pure functions (bootstraps) under a key of their arguments: ``@cached_result(...)``.
 
     res = cached_model("fst_auditor", {"train": hash_table(df), "size": 32, "seed": 1000},
                        build=functools.partial(SmallCNN, 32, n_out=6), train=lambda: ...)
@@ -24,6 +25,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
 import shutil
 import textwrap
 import warnings
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -201,3 +204,74 @@ def _read_report(path: Path) -> dict:
 def _label(v: Any) -> Any:
     """A CSV label back to an int where it looks like one (FST 1..6 beside "overall")."""
     return int(v) if isinstance(v, str) and v.lstrip("-").isdigit() else v
+
+
+def cached_result(*code: Any) -> Callable:
+    """Decorator for a slow pure function (a bootstrap) that returns tables: its result is pickled
+    under ``paths.cache_dir()/results/<name>_<key>.pkl`` and read back by a later call with the same
+    arguments, so a re-run of a notebook does not redo its bootstraps.
+
+    The key holds every argument (after defaults) by content: DataFrames, Series and arrays by a
+    hash of their values, index, columns and dtypes; numbers, strings and lists of them as they are
+    (any other type is a ``TypeError``, so nothing enters the key unseen); and :func:`code_digest`
+    of the function and of ``code`` (the modules, as import names, or functions its result depends
+    on; digested at the first call, so a module may name itself). A pickle that
+    cannot be read is recomputed, with a warning naming it. ``BMG_RESULT_CACHE=0`` turns the cache
+    off (the unit tests do, so that a monkeypatched helper is really called)."""
+
+    def wrap(fn: Callable) -> Callable:
+        signature = inspect.signature(fn)
+        digest: list[str] = []
+
+        @functools.wraps(fn)
+        def cached(*args: Any, **kwargs: Any) -> Any:
+            if os.environ.get("BMG_RESULT_CACHE", "1") == "0":
+                return fn(*args, **kwargs)
+            if not digest:
+                digest.append(code_digest(fn, *(importlib.import_module(c) if isinstance(c, str) else c
+                                                 for c in code)))
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            args_key = {k: _fingerprint(v, f"{fn.__qualname__}({k}=...)") for k, v in bound.arguments.items()}
+            key = config.cache_key(fn=f"{fn.__module__}.{fn.__qualname__}", code=digest[0], args=args_key)
+            path = paths.cache_dir() / "results" / f"{fn.__name__}_{key}.pkl"
+            if path.exists():
+                try:
+                    return pd.read_pickle(path)
+                except Exception as e:  # noqa: BLE001 - any unreadable pickle is recomputed
+                    warnings.warn(f"cached result {path} is unreadable ({type(e).__name__}: {e}); recomputing",
+                                  stacklevel=2)
+            out = fn(*args, **kwargs)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+            pd.to_pickle(out, tmp)
+            tmp.replace(path)
+            return out
+
+        return cached
+
+    return wrap
+
+
+def _fingerprint(v: Any, where: str) -> Any:
+    """A JSON value standing for ``v`` in a cache key (tables and arrays by a hash of their content)."""
+    if isinstance(v, (pd.DataFrame, pd.Series)):
+        h = hashlib.sha256(pd.util.hash_pandas_object(v, index=True).to_numpy().tobytes())
+        cols = list(map(str, v.columns)) if isinstance(v, pd.DataFrame) else [str(v.name)]
+        dtypes = list(map(str, v.dtypes)) if isinstance(v, pd.DataFrame) else [str(v.dtype)]
+        h.update(json.dumps([type(v).__name__, cols, dtypes, v.shape]).encode())
+        return h.hexdigest()[:16]
+    if isinstance(v, np.ndarray):
+        a = np.ascontiguousarray(v)
+        if a.dtype == object:
+            return _fingerprint(pd.Series(a.ravel()), where) + str(a.shape)
+        h = hashlib.sha256(a.tobytes())
+        h.update(f"{a.dtype}{a.shape}".encode())
+        return h.hexdigest()[:16]
+    if isinstance(v, (list, tuple)):
+        return [_fingerprint(x, where) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): _fingerprint(x, where) for k, x in v.items()}
+    if v is None or isinstance(v, (bool, int, float, str, np.integer, np.floating)):
+        return v.item() if isinstance(v, np.generic) else v
+    raise TypeError(f"{where}: a {type(v).__name__} cannot be part of a result cache key")

@@ -49,6 +49,10 @@ from bmglib.metrics import fairness
 from bmglib.metrics import hierarchical as H
 from bmglib.trainer import to_float
 
+#: what the bootstrapped tables below depend on (their result cache's code digest)
+_TABLE_CODE = ("bmglib.downstream", "bmglib.metrics.fairness", "bmglib.metrics.hierarchical",
+               "bmglib.metrics.bootstrap", "bmglib.data.schema")
+
 ARMS = ("real", "real+standard", "real+bmg")
 #: torchvision blocks of each ``config.DOWNSTREAM_ARCHS`` entry
 ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet50": (Bottleneck, [3, 4, 6, 3])}
@@ -489,6 +493,7 @@ def protocol_predictions(real_train: pd.DataFrame, synthetic: Mapping[int, Mappi
 CONTRASTS = {"real+standard": "beats real+standard", "real+no_fairloss": "the fairness loss matters downstream"}
 
 
+@cache.cached_result(*_TABLE_CODE)
 def decision_rules(preds: pd.DataFrame, arm: str = "real+bmg",
                    others: Sequence[str] = ("real+standard", "real+no_fairloss"),
                    reference: str = "real", n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
@@ -548,6 +553,7 @@ def _effects_within(preds: pd.DataFrame, part_of: str, measure: str, reference: 
             for a in arms for value, part in preds[preds["arm"] == a].groupby(part_of)]
 
 
+@cache.cached_result(*_TABLE_CODE)
 def generator_effects(preds: pd.DataFrame, arms: Sequence[str] | None = None, measure: str = "fnr_gap",
                       reference: str = "real", n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """The paired Δ vs ``reference`` of ``measure`` (a key of ``hierarchical.STATISTICS``) for each
@@ -652,6 +658,7 @@ def dose_response(profile: str, variants: str | Sequence[str], doses: str | Sequ
     return pd.concat(rows, ignore_index=True)
 
 
+@cache.cached_result(*_TABLE_CODE)
 def dose_effects(preds: pd.DataFrame, measure: str = "fnr_gap", reference: str = "real", n_boot: int = 1000,
                  seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """Per (arm, dose) of :func:`dose_response`' table: the paired Δ of ``measure`` vs real-only
@@ -669,6 +676,7 @@ def dose_effects(preds: pd.DataFrame, measure: str = "fnr_gap", reference: str =
 SUMMARY_MEASURES = {"fnr_gap": "FNR gap IV–VI − I–III", "auc_overall": "AUC", "es_auc": "ES-AUC"}
 
 
+@cache.cached_result(*_TABLE_CODE)
 def protocol_summary(preds: pd.DataFrame, decisions: pd.DataFrame, model_ids: Mapping[str, Mapping[int, str]],
                      n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """One row per arm of the protocol's table (:func:`protocol_predictions`): every measure of
@@ -706,6 +714,7 @@ def protocol_summary(preds: pd.DataFrame, decisions: pd.DataFrame, model_ids: Ma
     return pd.DataFrame(rows)
 
 
+@cache.cached_result(*_TABLE_CODE)
 def evaluate_arms(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
                   level: float = 0.95) -> dict[str, pd.DataFrame]:
     """Fairness tables of every arm over its seeds (``bmglib.metrics.fairness``): ``per_fst``

@@ -21,6 +21,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _no_result_cache(monkeypatch):
+    """Bootstrapped tables are computed, not read from ``data/cache/results`` (``cache.cached_result``):
+    a test that patches a helper sees it called. ``tests/test_cache.py`` turns the cache back on."""
+    monkeypatch.setenv("BMG_RESULT_CACHE", "0")
+
+
 @pytest.fixture(scope="session")
 def shared_real():
     """``../shared/data/real`` — real metadata and 150 ISIC images; skip when absent."""

@@ -110,3 +110,90 @@ def test_the_code_digest_follows_logic_not_docstrings_or_comments(tmp_path, monk
 def test_a_build_that_config_json_cannot_name_is_an_error(root):
     with pytest.raises(ValueError, match="importable"):
         cache.cached_model("toy", {}, lambda: nn.Linear(3, 2), _trainer([]))
+
+
+# --- cached_result: the tables of slow pure functions -------------------------------------------
+
+MODULE = '''
+from bmglib import cache
+
+CALLS = []
+
+
+@cache.cached_result("{name}")
+def table(df, scale=1.0, n_boot=10):
+    """A slow bootstrap, here a sum."""
+    CALLS.append(1)  # a comment
+    return df.assign(y=df["x"] * scale + {offset})
+'''
+
+
+@pytest.fixture
+def results(root, monkeypatch, tmp_path):
+    """A module with a ``@cached_result`` function ``table``, written (and rewritten) by the test."""
+    monkeypatch.setenv("BMG_RESULT_CACHE", "1")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def write(offset=0, comment=""):
+        (tmp_path / "toy_results.py").write_text(comment + MODULE.format(name="toy_results", offset=offset))
+        sys.modules.pop("toy_results", None)
+        return importlib.import_module("toy_results")
+
+    yield write
+    sys.modules.pop("toy_results", None)
+
+
+DF = pd.DataFrame({"x": [1.0, 2.0, 3.0]}, index=pd.Index([1, 6, 2], name="fst"))
+
+
+def test_a_cached_result_is_read_back_for_equal_arguments(results, root):
+    mod = results()
+    first = mod.table(DF, scale=2.0)
+    again = mod.table(DF.copy(), 2.0)  # equal content, positional: the same key
+    assert mod.CALLS == [1]
+    pd.testing.assert_frame_equal(first, again)
+    assert len(list((root / "cache" / "results").glob("table_*.pkl"))) == 1
+    assert mod.table.__doc__.startswith("A slow bootstrap")  # functools.wraps
+
+
+@pytest.mark.parametrize("change", ["value", "index", "dtype", "argument", "default"])
+def test_a_changed_argument_recomputes(results, change):
+    mod = results()
+    mod.table(DF)
+    other = {"value": lambda: mod.table(DF.assign(x=[1.0, 2.0, 4.0])),
+             "index": lambda: mod.table(DF.set_axis([1, 6, 3])),
+             "dtype": lambda: mod.table(DF.astype({"x": "float32"})),
+             "argument": lambda: mod.table(DF, scale=3.0),
+             "default": lambda: mod.table(DF, n_boot=11)}
+    other[change]()
+    assert mod.CALLS == [1, 1]
+
+
+def test_a_changed_line_of_code_recomputes_and_a_comment_does_not(results):
+    results().table(DF)
+    mod = results(comment="# only a comment\n")
+    mod.table(DF)
+    assert mod.CALLS == []  # read back: the module's logic did not change
+    mod = results(offset=1)
+    assert (mod.table(DF)["y"] == DF["x"] + 1).all()
+    assert mod.CALLS == [1]
+
+
+def test_an_unreadable_result_is_recomputed_with_a_warning(results, root):
+    mod = results()
+    mod.table(DF)
+    (pkl,) = (root / "cache" / "results").glob("table_*.pkl")
+    pkl.write_bytes(b"not a pickle")
+    with pytest.warns(UserWarning, match="unreadable"):
+        pd.testing.assert_frame_equal(mod.table(DF), DF.assign(y=DF["x"]))
+    assert mod.CALLS == [1, 1]
+
+
+def test_an_argument_the_key_cannot_hold_is_an_error_and_the_switch_turns_it_off(results, monkeypatch):
+    mod = results()
+    with pytest.raises(TypeError, match=r"table\(scale=\.\.\.\): a object cannot be part"):
+        mod.table(DF, scale=object())
+    monkeypatch.setenv("BMG_RESULT_CACHE", "0")
+    mod.table(DF)
+    mod.table(DF)
+    assert mod.CALLS == [1, 1]

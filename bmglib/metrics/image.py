@@ -42,10 +42,13 @@ import pandas as pd
 import torch
 from cleanfid import fid as cleanfid
 
-from bmglib import paths
+from bmglib import cache, paths
 from bmglib.config import cache_key
 from bmglib.data import schema
 from bmglib.metrics import bootstrap
+
+#: what the bootstrapped tables below depend on (their result cache's code digest)
+_TABLE_CODE = ("bmglib.metrics.image", "bmglib.metrics.bootstrap", "bmglib.data.schema")
 
 FEATURE_DIM = 2048
 EXTRACTORS = ("fid-helper", "clean-fid")
@@ -308,6 +311,7 @@ def _metric_row(rf: np.ndarray, sf: np.ndarray, seed: int, kid_kw: dict, n_boot:
             "kid_ci_low": lo, "kid_ci_high": hi}
 
 
+@cache.cached_result(*_TABLE_CODE)
 def group_image_metrics(real_feats: np.ndarray, real_fst, synth_feats: np.ndarray, synth_fst, *,
                         n: int | None = None, min_n: int = 2, seed: int = 0,
                         kid_subsets_n: int = 100, kid_subset_size: int = 1000,
@@ -371,6 +375,7 @@ def fst_spread(table: pd.DataFrame) -> pd.Series:
         "kid_mean": fst["kid"].mean(), "kid_sd": fst["kid"].std(ddof=1)})
 
 
+@cache.cached_result(*_TABLE_CODE)
 def fst_spread_bootstrap(real_feats: np.ndarray, real_fst, synth_feats: np.ndarray, synth_fst, *,
                          n: int, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
     """(n_boot,) bootstrap replicates of the spread of FID and KID over the six FSTs, the
