@@ -32,6 +32,9 @@ SD_PATH ?=
 # `make release`: the variant whose sample sets (03) and generator (02) are released
 VARIANT ?= bmg
 NB_ARGS := -p PROFILE $(PROFILE) -p DATASET $(DATASET)
+# papermill, skipping a run whose notebook, parameters, code and written files are unchanged since it
+# last ran (bmglib/nbrun.py); FORCE=1 executes every run
+NBRUN = $(PY) -m bmglib.nbrun $(if $(FORCE),--force)
 
 .PHONY: help venv readme experiment test test-fast test-notebooks test-slow test-gpu lab paper release data data-fitzpatrick17k benchmark lint clean
 
@@ -79,31 +82,31 @@ lab: $(STAMP) ## JupyterLab with the venv as its kernel, opened at notebooks/ (m
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
 		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
-paper: $(STAMP) ## run every notebook with papermill for PROFILE (default quick) into build/PROFILE
-	@mkdir -p build/$(PROFILE)
+paper: $(STAMP) ## run every notebook with papermill for PROFILE (default quick) into build/PROFILE; unchanged runs are skipped (FORCE=1: none)
+	@mkdir -p build/$(PROFILE) && rm -f build/$(PROFILE)/.executed
 	@set -e; for nb in $(NOTEBOOKS); do \
 		name=$$(basename $$nb .ipynb); \
 		case $$name in \
 		02_*) for s in $(GENERATOR_SEEDS); do vs="$(PAPER_VARIANTS)"; [ "$$s" = 0 ] || vs="$(SEED_VARIANTS)"; for v in $$vs; do \
 			tag=$$v; [ "$$s" = 0 ] || tag=$${v}_seed$$s; \
 			echo "== $$nb (PROFILE=$(PROFILE) VARIANT=$$v SEED=$$s)"; \
-			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANT $$v -p SEED $$s -p SD_PATH "$(SD_PATH)" $$nb build/$(PROFILE)/$${name}__$$tag.ipynb; \
+			$(NBRUN) --cwd notebooks $(NB_ARGS) -p VARIANT $$v -p SEED $$s -p SD_PATH "$(SD_PATH)" $$nb build/$(PROFILE)/$${name}__$$tag.ipynb; \
 		done; done ;; \
 		03_*) for s in $(GENERATOR_SEEDS); do vs="$(PAPER_VARIANTS)"; [ "$$s" = 0 ] || vs="$(SEED_VARIANTS)"; for v in $$vs; do \
 			tag=$$v; [ "$$s" = 0 ] || tag=$${v}_seed$$s; \
 			echo "== $$nb (PROFILE=$(PROFILE) VARIANT=$$v SEED=$$s)"; \
-			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANT $$v -p SEED $$s $$nb build/$(PROFILE)/$${name}__$$tag.ipynb; \
+			$(NBRUN) --cwd notebooks $(NB_ARGS) -p VARIANT $$v -p SEED $$s $$nb build/$(PROFILE)/$${name}__$$tag.ipynb; \
 		done; done ;; \
 		05_*) echo "== $$nb (PROFILE=$(PROFILE) GENERATOR_SEEDS=$(COMMA_SEEDS) PROTOCOL_VARIANTS=$(COMMA_SEED_VARIANTS))"; \
-			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p GENERATOR_SEEDS "$(COMMA_SEEDS)" \
+			$(NBRUN) --cwd notebooks $(NB_ARGS) -p GENERATOR_SEEDS "$(COMMA_SEEDS)" \
 				-p PROTOCOL_VARIANTS "$(COMMA_SEED_VARIANTS)" $$nb build/$(PROFILE)/$$name.ipynb ;; \
 		06_*) echo "== $$nb (PROFILE=$(PROFILE) VARIANTS=$(COMMA_VARIANTS))"; \
-			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p VARIANTS "$(COMMA_VARIANTS)" \
+			$(NBRUN) --cwd notebooks $(NB_ARGS) -p VARIANTS "$(COMMA_VARIANTS)" \
 				-p GENERATOR_SEEDS "$(COMMA_SEEDS)" $$nb build/$(PROFILE)/$$name.ipynb ;; \
 		01_*) echo "== $$nb (PROFILE=$(PROFILE))"; \
-			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) -p IMAGE_DIR "$(IMAGE_DIR)" $$nb build/$(PROFILE)/$$name.ipynb ;; \
+			$(NBRUN) --cwd notebooks $(NB_ARGS) -p IMAGE_DIR "$(IMAGE_DIR)" $$nb build/$(PROFILE)/$$name.ipynb ;; \
 		*) echo "== $$nb (PROFILE=$(PROFILE))"; \
-			$(VENV)/bin/papermill --cwd notebooks $(NB_ARGS) $$nb build/$(PROFILE)/$$name.ipynb ;; \
+			$(NBRUN) --cwd notebooks $(NB_ARGS) $$nb build/$(PROFILE)/$$name.ipynb ;; \
 		esac; \
 	done
 	@echo "executed notebooks: build/$(PROFILE)/  figures: figures/$(PROFILE)/"

@@ -81,6 +81,11 @@ RECIPES: dict[str, dict] = {
     # with twice the low-resolution steps
     "p16": _recipe(1200, 1e-3, "constant", "none", lowres_size=16, lowres_until=0.75),
     "p16_2100": _recipe(2100, 1e-3, "constant", "none", lowres_size=16, lowres_until=1800 / 2100),
+    # progressive resolution with Min-SNR-5 (round 3: the 16 px phase carried FST adherence; rounds 1-2:
+    # Min-SNR carried KID): `p16` weighted, and a shorter one at about a third of `before`'s step time
+    # (750 steps at 16 px, 150 at 32 px; peak LR 2e-3 with cosine decay, as `after600`)
+    "p16snr": _recipe(1200, 1e-3, "constant", "min_snr", lowres_size=16, lowres_until=0.75),
+    "p16snr_900": _recipe(900, 2e-3, "cosine", "min_snr", lowres_size=16, lowres_until=750 / 900),
 }
 MEASURES = ("kid", "lesion", "fst_ita", "fst_auditor")
 
