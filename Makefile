@@ -142,7 +142,7 @@ reader-study: $(STAMP) ## create (if missing) and serve a blinded reader study, 
 		--variants $(VARIANTS) --host $(READER_HOST) --port $(READER_PORT)
 
 lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check bmglib tests benchmarks
+	$(VENV)/bin/ruff check bmglib tests benchmarks notebooks
 
 clean: ## remove build/ and generated data (keeps the venv)
 	rm -rf build data/synthetic data/processed data/cache
