@@ -11,7 +11,8 @@ call is skipped, printing why, when all of these hold:
 * the key is the same: the notebook's bytes, its parameters, every file of the ``bmglib`` package,
   ``pyproject.toml``, the data root and the ``BMG_*`` environment variables;
 * the executed copy and every file the run wrote still exist, unchanged (size, and mtime or, for a
-  file rewritten since, its bytes);
+  file rewritten since, its bytes) since the last run of the folder that wrote them (a file two
+  runs write is checked against the newer stamp's record);
 * no run before it in the same ``make paper`` executed: a run that executes leaves the marker
   ``<output folder>/.executed``, which ``make paper`` removes when it starts, and every later run
   then executes too (a notebook reads what the earlier ones wrote).
@@ -109,6 +110,22 @@ def stamp_path(output: Path) -> Path:
     return Path(str(output) + STAMP_SUFFIX)
 
 
+def _latest_records(folder: Path) -> dict[str, list]:
+    """path → the newest record (by mtime) of that file in any readable stamp of ``folder``: a
+    file that a later run of the pipeline rewrote (07 preparing the data 01 prepared) is checked
+    against that run's record, which that run's own check also verifies."""
+    latest: dict[str, list] = {}
+    for sp in folder.glob("*" + STAMP_SUFFIX):
+        try:
+            written = json.loads(sp.read_text())["written"]
+            for p, record in written.items():
+                if len(record) == 3 and (p not in latest or record[1] > latest[p][1]):
+                    latest[p] = record
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # an unreadable stamp is reported by its own run's check
+    return latest
+
+
 def why_not_skip(output: Path, key: str) -> str | None:
     """None when the run can be skipped; otherwise why it cannot (one phrase)."""
     output = Path(output)
@@ -126,9 +143,10 @@ def why_not_skip(output: Path, key: str) -> str | None:
         return f"unreadable stamp {sp} ({type(e).__name__}: {e})"
     if old_key != key:
         return "its notebook, parameters, code or environment changed"
+    latest = _latest_records(output.parent)
     for p, record in written.items():
         try:
-            if not _unchanged(p, *record):
+            if not _unchanged(p, *latest.get(p, record)):
                 return f"a file it wrote changed since: {p}"
         except OSError:
             return f"a file it wrote is gone: {p}"

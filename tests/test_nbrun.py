@@ -81,6 +81,21 @@ def test_a_file_it_wrote_gone_or_changed_executes_but_the_same_bytes_rewritten_d
     assert "a file it wrote is gone" in capsys.readouterr().out
 
 
+def test_a_file_a_later_run_rewrote_is_checked_against_that_runs_record(env, capsys):
+    """01 and 07 both write the processed data: the file as 07 left it keeps 01 up to date, a
+    change after both executes the first."""
+    first, later = env["out"], env["out"].with_name("later.ipynb")
+    (first.parent / nbrun.MARKER).unlink(missing_ok=True)
+    assert nbrun.run(env["nb"], first, {"X": "1"}) is True  # out.txt "1"
+    assert nbrun.run(env["nb"], later, {"X": "2"}) is True  # the later run rewrites out.txt "2"
+    (first.parent / nbrun.MARKER).unlink()
+    assert nbrun.run(env["nb"], first, {"X": "1"}) is False
+    assert nbrun.run(env["nb"], later, {"X": "2"}) is False
+    (env["data"] / "out.txt").write_text("3")
+    assert nbrun.run(env["nb"], first, {"X": "1"}) is True
+    assert "a file it wrote changed since" in capsys.readouterr().out
+
+
 def test_after_an_earlier_run_executed_every_later_run_executes(env):
     env["make_paper"]()
     (env["out"].parent / nbrun.MARKER).touch()  # an earlier notebook of this `make paper` executed

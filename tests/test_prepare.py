@@ -36,6 +36,24 @@ def test_prepare_synthetic_writes_disjoint_balanced_splits(data_root):
     assert cells.values.sum() == len(p.split("train"))
 
 
+def test_prepare_again_leaves_identical_outputs_untouched(data_root):
+    """07 prepares again after 01: the same data must not rewrite 01's files (make paper's skip
+    compares them), while a change of the data must."""
+    cfg = config.get_config("smoke", {"data.n_images": 200, "data.test_per_cell": 2})
+    prepare.prepare(cfg, "synthetic", progress=False)
+    out = data_root / "processed" / "smoke" / "synthetic"
+    names = ("metadata.csv", "cell_table.csv", "image_report.csv", "provenance.json")
+    before = {f: (out / f).stat().st_mtime_ns for f in names}
+    prov = (out / "provenance.json").read_bytes()
+    prepare.prepare(cfg, "synthetic", progress=False)
+    assert {f: (out / f).stat().st_mtime_ns for f in names} == before
+    assert (out / "provenance.json").read_bytes() == prov
+    prepare.prepare(config.apply_overrides(cfg, {"data.test_per_cell": 3}), "synthetic", progress=False)
+    stamp = json.loads((out / "provenance.json").read_text())
+    assert stamp["config"]["data"]["test_per_cell"] == 3
+    assert (out / "metadata.csv").stat().st_mtime_ns != before["metadata.csv"]
+
+
 def test_load_prepared_names_the_missing_step(data_root):
     with pytest.raises(FileNotFoundError, match="01_data_audit"):
         prepare.load_prepared("smoke", "ddi")

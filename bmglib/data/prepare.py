@@ -17,6 +17,7 @@ the table itself by :func:`bmglib.data.splits.make_splits`.
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,15 +110,39 @@ def prepare(cfg: config.Config, dataset: str = "synthetic", data_path: str | Pat
     else:
         raise ValueError(f"DATASET must be one of {schema.SOURCES}, got {dataset!r}")
     out = paths.processed_dir(cfg.profile, dataset)
-    out.mkdir(parents=True, exist_ok=True)
-    meta.to_csv(out / "metadata.csv", index=False)
-    report.to_csv(out / "image_report.csv", index=False)
-    splits.cell_table(meta[meta["split"] == "train"]).to_csv(out / "cell_table.csv")
+    tables = {"metadata.csv": meta.to_csv(index=False), "image_report.csv": report.to_csv(index=False),
+              "cell_table.csv": splits.cell_table(meta[meta["split"] == "train"]).to_csv()}
     stamp = config.provenance(cfg, dataset_hash=config.hash_table(meta), seed=cfg.data.seed,
                               dataset=dataset, n_unknown_fst=n_unknown,
                               n_unusable_images=len(report), split_sizes=meta["split"].value_counts().to_dict())
-    config.write_provenance(out / "provenance.json", stamp)
+    _write_outputs(out, tables, stamp)
     return PreparedData(dataset, meta, report, n_unknown, has_images, out, notes)
+
+
+# provenance fields that differ between two preparations of the same data
+_VOLATILE = ("created_utc", "git_commit")
+
+
+def _write_outputs(out: Path, tables: dict[str, str], stamp: dict) -> bool:
+    """Write the tables and ``provenance.json`` unless the folder already holds exactly these tables
+    and this provenance (its time and commit aside): a later notebook that prepares again (07)
+    leaves notebook 01's files as they were, so `make paper` can tell they are unchanged. True
+    when written."""
+    prov = out / "provenance.json"
+    try:
+        same = all((out / name).read_text() == text for name, text in tables.items())
+        old = json.loads(prov.read_text()) if same else None
+    except (OSError, ValueError):
+        same, old = False, None
+    new = json.loads(json.dumps(stamp, default=str))  # as it would read back
+    if same and isinstance(old, dict) and all(old.get(k) == v for k, v in new.items() if k not in _VOLATILE) \
+            and set(old) == set(new):
+        return False
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in tables.items():
+        (out / name).write_text(text)
+    config.write_provenance(prov, stamp)
+    return True
 
 
 def load_prepared(profile: str, dataset: str = "synthetic") -> pd.DataFrame:
