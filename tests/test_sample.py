@@ -239,3 +239,29 @@ def test_ita_ceiling_scores_the_real_labels_and_names_a_missing_column(tiny_synt
     assert t.loc["overall", "exact"] > 0.6 and t.loc["overall", "within_1"] > 0.9  # skin is drawn per FST
     with pytest.raises(KeyError, match="fitzpatrick_scale"):
         adherence.ita_ceiling(test.drop(columns="fitzpatrick_scale"), size=32)
+
+
+def test_guidance_until_guides_the_leading_steps_only(tiny_model):
+    """guidance_until=f: two UNet passes on the first ceil(f·steps) solver steps, one after; 0 is
+    the unguided draw, 1 the default."""
+    model, sched = tiny_model
+    calls = []
+    hook = model.register_forward_hook(lambda m, args, out: calls.append(args[2] is None))
+    fst, lesion = torch.tensor([1, 5]), torch.tensor([0, 1])
+    kw = dict(size=32, steps=4, guidance=0.5, sampler="dpmpp", seed=3)
+    try:
+        full = sample.sample(model, sched, fst, lesion, **kw)
+        assert calls.count(True) == 4 and len(calls) == 8
+        calls.clear()
+        half = sample.sample(model, sched, fst, lesion, guidance_until=0.5, **kw)
+        assert calls == [False, True, False, True, False, False]  # the unconditional pass on steps 1-2
+        calls.clear()
+        none = sample.sample(model, sched, fst, lesion, guidance_until=0, **kw)
+        assert calls == [False] * 4
+    finally:
+        hook.remove()
+    assert torch.equal(full, sample.sample(model, sched, fst, lesion, guidance_until=1, **kw))
+    assert torch.equal(none, sample.sample(model, sched, fst, lesion, **{**kw, "guidance": 0}))
+    assert not torch.equal(half, full) and not torch.equal(half, none)
+    with pytest.raises(ValueError, match="guidance_until"):
+        sample.sample(model, sched, fst, lesion, guidance_until=1.5, **kw)

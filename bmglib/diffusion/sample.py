@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -38,10 +39,15 @@ SAMPLERS = {"ddim": (DDIMScheduler, {}), "dpmpp": (DPMSolverMultistepScheduler, 
 @torch.no_grad()
 def sample(model: torch.nn.Module, train_scheduler, fst: torch.Tensor | None, lesion: torch.Tensor | None,
            n: int | None = None, size: int = 32, steps: int = 25, guidance: float = 0.5,
-           sampler: str = "ddim", seed: int = 0, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+           sampler: str = "ddim", seed: int = 0, batch_size: int = 64, progress: bool = False,
+           guidance_until: float = 1.0) -> torch.Tensor:
     """Draw images for requested labels. ``fst`` (B,) in 1..6 or None (not conditioned),
     ``lesion`` (B,) index into ``schema.LESIONS`` or None. Returns (B, 3, size, size) in [-1, 1],
-    on the CPU whatever the model's device."""
+    on the CPU whatever the model's device. ``guidance_until`` < 1 applies the guidance on that
+    leading fraction of the solver steps only (the high-noise ones; the later steps take one UNet
+    pass instead of two)."""
+    if not 0 <= guidance_until <= 1:
+        raise ValueError(f"guidance_until must be in [0, 1] (a fraction of the solver steps), got {guidance_until}")
     if hasattr(model, "decode_latents"):  # Stable Diffusion: sample in latent space, decode
         from bmglib.diffusion.model_sd import sample_sd
 
@@ -66,10 +72,11 @@ def sample(model: torch.nn.Module, train_scheduler, fst: torch.Tensor | None, le
         sched.set_timesteps(steps)
         if hasattr(sched, "set_begin_index"):  # Karras sigmas can repeat the first timestep, and the
             sched.set_begin_index(0)            # index lookup would then start at the second one
-        for t in sched.timesteps:
+        guided = math.ceil(guidance_until * len(sched.timesteps))
+        for k, t in enumerate(sched.timesteps):
             tt = torch.full((b,), int(t), device=device, dtype=torch.long)
             cond = model(x, tt, f, les)
-            if guidance != 0:
+            if guidance != 0 and k < guided:
                 uncond = model(x, tt, None, None)
                 cond = cond + guidance * (cond - uncond)
             x = sched.step(cond, t, x).prev_sample

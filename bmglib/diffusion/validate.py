@@ -108,9 +108,10 @@ def _features(x: torch.Tensor) -> np.ndarray:
 
 def score(model: torch.nn.Module, cfg: config.Config, judges: Judges, per_cell: int = 20, *,
           sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
-          seed: int = 1, n_boot: int = 500) -> dict:
+          seed: int = 1, n_boot: int = 500, guidance_until: float = 1.0) -> dict:
     """The validation measures of ``model`` (trained with ``cfg.diffusion``), one flat dict (see the
-    module docstring). ``sampler``/``steps``/``guidance`` default to ``cfg.sampling``'s."""
+    module docstring). ``sampler``/``steps``/``guidance`` default to ``cfg.sampling``'s;
+    ``guidance_until`` is :func:`bmglib.diffusion.sample.sample`'s."""
     d, s = cfg.diffusion, cfg.sampling
     sampler, steps = sampler or s.sampler, steps or s.steps
     guidance = s.guidance if guidance is None else guidance
@@ -119,7 +120,7 @@ def score(model: torch.nn.Module, cfg: config.Config, judges: Judges, per_cell: 
     t0 = time.perf_counter()
     x = sample.sample(model, schedule.model_scheduler(model, d), fst if d.fst_cond else None, lesion,
                       size=d.image_size, steps=steps, guidance=guidance, sampler=sampler, seed=seed,
-                      batch_size=s.batch_size)
+                      batch_size=s.batch_size, guidance_until=guidance_until)
     sample_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     feats = _features(x)
@@ -131,6 +132,7 @@ def score(model: torch.nn.Module, cfg: config.Config, judges: Judges, per_cell: 
     lesion_hit = adherence.predict_lesion(judges.lesion_clf, x) == lesion.numpy()
     return {
         "n": len(x), "n_real": len(judges.real_feats), "sampler": f"{sampler}-{steps}", "guidance": guidance,
+        "guidance_until": guidance_until,
         "kid": float(image.kid_subsets(judges.real_feats, feats).mean()),
         "kid_low": float(np.percentile(boot, 2.5)), "kid_high": float(np.percentile(boot, 97.5)),
         "fst_ita": float((ita == fst_np).mean()), "fst_ita_V": float((ita[v] == 5).mean()),
