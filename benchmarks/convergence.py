@@ -17,7 +17,10 @@ Prints one table (recipe, seed, step, seconds, measures) and the step-time ratio
 recipe first reaches the first recipe's final quality, and writes
 ``benchmarks/results/convergence_<profile>_<variant>.csv`` and ``docs/figures/convergence_<profile>_<variant>.png``.
 Runs resume: trained recipes and scored models are read back (``--plot-only``: no training or
-scoring, the table and figure of every row of ``--recipes`` already in the CSV). Recipes run one after another, so
+scoring, the table and figure of every row of ``--recipes`` already in the CSV). A recipe trained
+again (its ``final/`` gone) has all its rows scored anew; ``--rescore before`` scores a recipe's
+kept snapshots again (a retrain of the same config is not bitwise reproducible on the CPU, so
+scores of an earlier training do not describe today's weights). Recipes run one after another, so
 keep the machine otherwise idle (the load average is printed per row); every recipe's time is
 measured in the same run, so their ratio survives a slower or faster machine.
 """
@@ -86,6 +89,9 @@ RECIPES: dict[str, dict] = {
     # (750 steps at 16 px, 150 at 32 px; peak LR 2e-3 with cosine decay, as `after600`)
     "p16snr": _recipe(1200, 1e-3, "constant", "min_snr", lowres_size=16, lowres_until=0.75),
     "p16snr_900": _recipe(900, 2e-3, "cosine", "min_snr", lowres_size=16, lowres_until=750 / 900),
+    # round 4: `p16snr` held KID at two seeds but lost lesion adherence, which `p16_2100` (the longer
+    # 16 px phase) kept: the two together
+    "p16snr_2100": _recipe(2100, 1e-3, "constant", "min_snr", lowres_size=16, lowres_until=1800 / 2100),
 }
 MEASURES = ("kid", "lesion", "fst_ita", "fst_auditor")
 
@@ -138,6 +144,12 @@ def run_recipe(name: str, cfg: config.Config, meta: pd.DataFrame, eval_steps: li
         est, _ = skintone.get_fst_estimator(d.estimator, train_df, val_df, d.image_size, d.estimator_epochs, d.seed)
     if not (run_dir / "final" / "model.safetensors").exists():
         train.train_diffusion(cfg, train_df, run_dir, estimator=est, callbacks=(_snapshot_ema(run_dir, set(eval_steps)),))
+        # trained (again) here: scores of an earlier training under this run id are of other weights
+        # (a retrain of the same config is not bitwise reproducible on the CPU); score every step anew
+        stale = done["run_id"] == run_id
+        if stale.any():
+            print(f"{name} seed {d.seed}: retrained, its {int(stale.sum())} scored rows in the CSV are replaced")
+        done = done[~stale]
     log = pd.read_csv(run_dir / "log.csv")
     seconds = log.set_index("step")["seconds"].cumsum()
     rows = []
@@ -231,6 +243,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="seeds whose curves are scored")
     ap.add_argument("--extra-seeds", default="", help="seeds whose final models only are scored")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every recipe")
+    ap.add_argument("--rescore", default="", help="comma-separated recipes of --recipes whose snapshots are scored "
+                                                  "again at the seeds asked for, replacing their rows")
     ap.add_argument("--plot-only", action="store_true",
                     help="train and score nothing: the table and figure of every scored row of --recipes in the CSV")
     args = ap.parse_args()
@@ -250,6 +264,11 @@ def main() -> None:
           f"per score · KID reference: {len(judges.real_feats)} real validation images")
     rows, run_ids = [], []
     plan = [(s, True) for s in _ints(args.seeds)] + [(s, False) for s in _ints(args.extra_seeds)]
+    rescore = [r for r in args.rescore.split(",") if r]
+    if set(rescore) - set(names):
+        raise SystemExit(f"--rescore {sorted(set(rescore) - set(names))} not in --recipes")
+    again = done["recipe"].isin(rescore) & done["seed"].isin([s for s, _ in plan])
+    done = done[~again]
     for seed, curve in plan:
         for name in names:
             cfg = config.with_variant(config.apply_overrides(base, {**RECIPES[name], **common,
@@ -259,7 +278,11 @@ def main() -> None:
             cfg = config.apply_overrides(cfg, {"diffusion.checkpoint_every": math.gcd(*eval_steps)})
             run_ids.append(_run_id(cfg, meta))
             rows += run_recipe(name, cfg, meta, eval_steps, judges, args.per_cell, done)
-            table = pd.concat([done, pd.DataFrame(rows)], ignore_index=True)
+            new = pd.DataFrame(rows)
+            if len(new):  # a re-scored (retrained) run's rows replace its old ones
+                keys = set(zip(new["run_id"], new["step"], strict=True))
+                done = done[[k not in keys for k in zip(done["run_id"], done["step"], strict=True)]]
+            table = pd.concat([done, new], ignore_index=True)
             out_csv.parent.mkdir(parents=True, exist_ok=True)
             table.to_csv(out_csv, index=False)
     shown = with_median_seconds(table[table["run_id"].isin(run_ids)].copy(), args.profile, args.variant)
