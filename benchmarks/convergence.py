@@ -92,6 +92,9 @@ RECIPES: dict[str, dict] = {
     # round 4: `p16snr` held KID at two seeds but lost lesion adherence, which `p16_2100` (the longer
     # 16 px phase) kept: the two together
     "p16snr_2100": _recipe(2100, 1e-3, "constant", "min_snr", lowres_size=16, lowres_until=1800 / 2100),
+    # round 4: `p16snr_2100` lowered lesion adherence (which needs 32 px steps): at about its step
+    # time, 300 fewer 16 px steps for 150 more at 32 px
+    "p16snr_1950": _recipe(1950, 1e-3, "constant", "min_snr", lowres_size=16, lowres_until=1500 / 1950),
 }
 MEASURES = ("kid", "lesion", "fst_ita", "fst_auditor")
 
