@@ -20,6 +20,7 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -130,19 +131,21 @@ def _write_outputs(out: Path, tables: dict[str, str], stamp: dict) -> bool:
     when written."""
     prov = out / "provenance.json"
     try:
-        same = all((out / name).read_text() == text for name, text in tables.items())
-        old = json.loads(prov.read_text()) if same else None
+        unchanged = (all((out / name).read_text() == text for name, text in tables.items())
+                     and _stable(json.loads(prov.read_text())) == _stable(json.loads(json.dumps(stamp, default=str))))
     except (OSError, ValueError):
-        same, old = False, None
-    new = json.loads(json.dumps(stamp, default=str))  # as it would read back
-    if same and isinstance(old, dict) and all(old.get(k) == v for k, v in new.items() if k not in _VOLATILE) \
-            and set(old) == set(new):
+        unchanged = False
+    if unchanged:
         return False
     out.mkdir(parents=True, exist_ok=True)
     for name, text in tables.items():
         (out / name).write_text(text)
     config.write_provenance(prov, stamp)
     return True
+
+
+def _stable(stamp: Any) -> Any:
+    return {k: v for k, v in stamp.items() if k not in _VOLATILE} if isinstance(stamp, dict) else stamp
 
 
 def load_prepared(profile: str, dataset: str = "synthetic") -> pd.DataFrame:
