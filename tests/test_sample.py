@@ -265,3 +265,14 @@ def test_guidance_until_guides_the_leading_steps_only(tiny_model):
     assert not torch.equal(half, full) and not torch.equal(half, none)
     with pytest.raises(ValueError, match="guidance_until"):
         sample.sample(model, sched, fst, lesion, guidance_until=1.5, **kw)
+
+
+def test_guidance_until_is_refused_for_stable_diffusion_not_ignored(tiny_model):
+    _, sched = tiny_model
+
+    class FakeSD(torch.nn.Module):
+        def decode_latents(self, z):  # what marks a Stable Diffusion model for sample()
+            return z
+
+    with pytest.raises(NotImplementedError, match="guidance_until"):
+        sample.sample(FakeSD(), sched, torch.tensor([1]), torch.tensor([0]), guidance_until=0.5)

@@ -51,6 +51,8 @@ def sample(model: torch.nn.Module, train_scheduler, fst: torch.Tensor | None, le
     if hasattr(model, "decode_latents"):  # Stable Diffusion: sample in latent space, decode
         from bmglib.diffusion.model_sd import sample_sd
 
+        if guidance_until != 1:  # not silently ignored: the latent sampler guides every step
+            raise NotImplementedError("guidance_until < 1 is not implemented for Stable Diffusion models")
         return sample_sd(model, fst, lesion, n=n, steps=steps, guidance=guidance,
                          generator=torch.Generator().manual_seed(seed)).cpu()
     ref = fst if fst is not None else lesion
