@@ -45,18 +45,24 @@ from bmglib import config, paths, skintone  # noqa: E402
 from bmglib.data import prepare  # noqa: E402
 from bmglib.diffusion import train, validate  # noqa: E402
 
+#: the settings some recipe changes, at the value the others run with (not the profile's: quick's own
+#: recipe sets some of them since issue 14, and ``before`` must stay the recipe it was)
+_RECIPE_BASE = {"warmup_steps": 50, "ema_power": 0.0, "batch_size": 32, "base_channels": 32,
+                "weighting_until": 1.0, "lowres_size": 0, "lowres_until": 0.0}
+
 
 def _recipe(steps: int, lr: float, lr_schedule: str, weighting: str, **extra) -> dict:
-    """A complete recipe: the settings every recipe names, plus ``extra`` (``diffusion.`` keys)."""
-    return {"diffusion.steps": steps, "diffusion.lr": lr, "diffusion.lr_schedule": lr_schedule,
-            "diffusion.warmup_steps": 50, "diffusion.loss_weighting": weighting, "diffusion.ema_power": 0.0,
-            **{f"diffusion.{k}": v for k, v in extra.items()}}
+    """A complete recipe: every setting that any recipe changes (``diffusion.`` keys), ``extra`` over
+    :data:`_RECIPE_BASE`."""
+    named = {"steps": steps, "lr": lr, "lr_schedule": lr_schedule, "loss_weighting": weighting,
+             **_RECIPE_BASE, **extra}
+    return {f"diffusion.{k}": v for k, v in named.items()}
 
 
 #: the recipes compared; each is complete (it names every setting that differs between them), so
 #: the table keeps its meaning when the profile's defaults change
 RECIPES: dict[str, dict] = {
-    # quick's recipe until issue 14: 1,200 steps at a constant LR, unweighted v-loss
+    # quick's recipe until issue 14 (2026-12-03): 1,200 steps at a constant LR, unweighted v-loss
     "before": _recipe(1200, 1e-3, "constant", "none"),
     # Min-SNR-5 weighting, twice the peak LR, cosine decay to 0 over a third of the steps
     "after": _recipe(400, 2e-3, "cosine", "min_snr"),
@@ -94,6 +100,7 @@ RECIPES: dict[str, dict] = {
     "p16snr_2100": _recipe(2100, 1e-3, "constant", "min_snr", lowres_size=16, lowres_until=1800 / 2100),
     # round 4: `p16snr_2100` lowered lesion adherence (which needs 32 px steps): at about its step
     # time, 300 fewer 16 px steps for 150 more at 32 px
+    # (quick's recipe since 2026-12-03: bmglib.config.QUICK_RECIPE)
     "p16snr_1950": _recipe(1950, 1e-3, "constant", "min_snr", lowres_size=16, lowres_until=1500 / 1950),
 }
 MEASURES = ("kid", "lesion", "fst_ita", "fst_auditor")

@@ -164,3 +164,16 @@ def test_command_line_overrides_are_literals_or_plain_strings():
     assert parsed == {"diffusion.steps": 500, "diffusion.sd_path": "/models/sd15", "diffusion.lr": 2e-3,
                       "sampling.lesions": "melanoma,nevus", "diffusion.fst_cond": False}
     assert config.get_config("smoke", parsed).diffusion.steps == 500
+
+
+def test_a_stable_diffusion_run_on_quick_or_smoke_drops_the_unets_progressive_resolution():
+    """QUICK_RECIPE's 16 px phase is the pixel UNet's: with backbone=sd the profile's lowres settings
+    are not applied (the config says lowres_size 0), Min-SNR is; asked for explicitly, it is an error
+    that names the key and the backbone."""
+    for profile in ("quick", "smoke"):
+        d = config.get_config(profile, {"diffusion.backbone": "sd"}).diffusion
+        assert (d.lowres_size, d.lowres_until, d.loss_weighting) == (0, 0.0, "min_snr")
+        assert config.get_config(profile).diffusion.lowres_size == 16
+    with pytest.raises(config.ConfigError, match=r"lowres_size.*backbone is 'sd'"):
+        config.get_config("quick", {"diffusion.backbone": "sd", "diffusion.lowres_size": 16})
+    assert config.get_config("paper").diffusion.lowres_size == 0

@@ -86,8 +86,10 @@ def test_lowres_until_trains_the_first_share_of_the_steps_at_the_lower_size():
             _cfg(**{"diffusion.lowres_size": bad})
     with pytest.raises(config.ConfigError, match="lowres_until"):
         _cfg(**{"diffusion.lowres_size": 16, "diffusion.lowres_until": 1.5})
-    # off (the default, or a zero share): not part of the model's identity, so earlier run ids hold
-    for over in ({}, {"diffusion.lowres_size": 16}):
+    # off (size 0, or a zero share; quick and smoke run it since issue 14): not part of the model's
+    # identity, so the run ids of models trained without it hold
+    for over in ({"diffusion.lowres_size": 0, "diffusion.lowres_until": 0.0},
+                 {"diffusion.lowres_size": 16, "diffusion.lowres_until": 0.0}):
         ident = train.model_identity(_cfg(**over))["diffusion"]
         assert "lowres_size" not in ident and "lowres_until" not in ident
     assert train.model_identity(_cfg(**{"diffusion.lowres_size": 16, "diffusion.lowres_until": 0.5})
@@ -128,7 +130,7 @@ def test_weighted_denoising_loss_reduces_to_the_plain_ones():
 
 
 def test_min_snr_changes_only_the_weighting_of_the_same_draws():
-    cfg_none, cfg_snr = _cfg(), _cfg(**{"diffusion.loss_weighting": "min_snr"})
+    cfg_none, cfg_snr = _cfg(**{"diffusion.loss_weighting": "none"}), _cfg(**{"diffusion.loss_weighting": "min_snr"})
     torch.manual_seed(0)
     model = build_unet(32, (16, 32, 32))
     sched = schedule.make_scheduler(cfg_none.diffusion)
@@ -227,3 +229,32 @@ def test_progressive_resolution_changes_only_the_steps_it_covers(tiny_synthetic,
     assert all(torch.equal(w["plain"][n], w["zero_share"][n]) for n in w["plain"])  # a zero share is off
     assert any(not torch.equal(w["plain"][n], w["half"][n]) for n in w["plain"])
     assert np.isfinite(runs["half"].log["loss"]).all() and list(runs["half"].log["step"]) == [1, 2, 3, 4]
+
+
+def _convergence_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "convergence.py"
+    spec = importlib.util.spec_from_file_location("convergence_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_runs_the_benchmarked_recipe_and_before_stays_the_old_one():
+    """quick's diffusion settings are the convergence benchmark's ``p16snr_1950``, and ``before`` still
+    resolves to the recipe quick ran until issue 14 (1,200 unweighted steps at full resolution),
+    whatever the profile's defaults now are."""
+    bench = _convergence_benchmark()
+    quick = config.get_config("quick")
+    chosen = config.apply_overrides(quick, bench.RECIPES["p16snr_1950"])
+    assert config.to_dict(chosen) == config.to_dict(quick)
+    d = config.apply_overrides(quick, bench.RECIPES["before"]).diffusion
+    assert (d.steps, d.loss_weighting, d.lowres_size, d.lowres_until, d.lr, d.lr_schedule) == (
+        1200, "none", 0, 0.0, 1e-3, "constant")
+    assert quick.diffusion.lowres_size == 16 and quick.diffusion.loss_weighting == "min_snr"
+    # smoke takes quick's schedule (in shares of its own steps), so that CI runs quick's code path
+    smoke = config.get_config("smoke").diffusion
+    assert (smoke.loss_weighting, smoke.lowres_size, smoke.lowres_until) == (
+        "min_snr", 16, quick.diffusion.lowres_until)
