@@ -24,14 +24,19 @@ def save(fig, save_to: Path | None):
     return fig
 
 
-def plot_training_log(log: pd.DataFrame, title: str, window: int = 25, save_to=None):
-    """Denoising and fairness losses per step (light) with a running mean (dark)."""
+def plot_training_log(log: pd.DataFrame, title: str, window: int = 25, save_to=None, diffusion=None):
+    """Denoising and fairness losses per step (light) with a running mean (dark); with ``diffusion``
+    (the run's ``DiffusionConfig``) a dashed line where progressive resolution switches to full size."""
     cols = [c for c in ("denoise", "fair_kl", "fair_ce") if c in log and log[c].abs().sum() > 0]
     fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3), squeeze=False)
     for ax, c in zip(axes[0], cols, strict=True):
         ax.plot(log["step"], log[c], color="#9ecae1", lw=0.6)
         ax.plot(log["step"], log[c].rolling(window, min_periods=1).mean(), color="#08519c")
         ax.set(xlabel="step", title=c, yscale="log" if c == "denoise" else "linear")
+        if diffusion is not None and diffusion.lowres_size and 0 < diffusion.lowres_until < 1:
+            ax.axvline(diffusion.lowres_until * diffusion.steps, color="grey", ls="--", lw=0.8,
+                       label=f"{diffusion.lowres_size} px → {diffusion.image_size} px")
+            ax.legend(loc="upper right", fontsize=7)
     fig.suptitle(f"{title} (steps={len(log)})")
     fig.tight_layout()
     return save(fig, save_to)

@@ -147,3 +147,13 @@ def test_make_readme_splices_every_block_from_the_profile_figures(tmp_path):
     assert "0.150" in (tmp_path / "README.md").read_text() and "0.179" in (tmp_path / "docs" / "results.md").read_text()
     with pytest.raises(ValueError, match="unknown block"):
         report.splice_all("quick", tmp_path, only=("headlines",))
+
+
+def test_training_log_marks_where_progressive_resolution_ends():
+    from bmglib import config
+
+    log = pd.DataFrame({"step": range(1, 21), "denoise": [0.1] * 20, "fair_kl": [0.0] * 20, "fair_ce": [0.0] * 20})
+    d = config.get_config("smoke", {"diffusion.steps": 20, "diffusion.lowres_until": 0.75}).diffusion
+    ax = report.plot_training_log(log, "t", diffusion=d).axes[0]
+    assert [line.get_xdata()[0] for line in ax.lines[2:]] == [15.0]
+    assert len(report.plot_training_log(log, "t").axes[0].lines) == 2
