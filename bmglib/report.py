@@ -5,6 +5,7 @@ Every function returns its Figure and, given ``save_to``, writes a PNG.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -34,7 +35,8 @@ def plot_training_log(log: pd.DataFrame, title: str, window: int = 25, save_to=N
         ax.plot(log["step"], log[c].rolling(window, min_periods=1).mean(), color="#08519c")
         ax.set(xlabel="step", title=c, yscale="log" if c == "denoise" else "linear")
         if diffusion is not None and diffusion.lowres_size and 0 < diffusion.lowres_until < 1:
-            ax.axvline(diffusion.lowres_until * diffusion.steps, color="grey", ls="--", lw=0.8,
+            # the log counts steps from 1; schedule.step_config switches at 0-based ceil(share · steps)
+            ax.axvline(math.ceil(diffusion.lowres_until * diffusion.steps) + 0.5, color="grey", ls="--", lw=0.8,
                        label=f"{diffusion.lowres_size} px → {diffusion.image_size} px")
             ax.legend(loc="upper right", fontsize=7)
     fig.suptitle(f"{title} (steps={len(log)})")

@@ -155,5 +155,5 @@ def test_training_log_marks_where_progressive_resolution_ends():
     log = pd.DataFrame({"step": range(1, 21), "denoise": [0.1] * 20, "fair_kl": [0.0] * 20, "fair_ce": [0.0] * 20})
     d = config.get_config("smoke", {"diffusion.steps": 20, "diffusion.lowres_until": 0.75}).diffusion
     ax = report.plot_training_log(log, "t", diffusion=d).axes[0]
-    assert [line.get_xdata()[0] for line in ax.lines[2:]] == [15.0]
+    assert [line.get_xdata()[0] for line in ax.lines[2:]] == [15.5]  # after the 15th (1-based) step, the last at 16 px
     assert len(report.plot_training_log(log, "t").axes[0].lines) == 2
